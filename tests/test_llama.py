@@ -85,7 +85,7 @@ def test_bfloat16_checkpoint_loads_exactly(tmp_path):
     config, params = load_hf_checkpoint(tmp_path)
     kernel = params["model"]["layers_1"]["mlp"]["down_proj"]["kernel"]
     assert kernel.dtype == jnp.bfloat16
-    ref = hf.model.layers[1].mlp.down_proj.weight.float().numpy().T
+    ref = hf.model.layers[1].mlp.down_proj.weight.detach().float().numpy().T
     np.testing.assert_array_equal(kernel.astype(np.float32), ref)
 
 
@@ -127,11 +127,15 @@ def _config(**kw):
 
 
 def _full_sequence_greedy(config, variables, prompt, steps):
-    model = LlamaForCausalLM(config)
+    """Reference decode without a cache: re-run the whole sequence each step (right-padded to a fixed length,
+    which a causal model ignores, so one compilation serves every step)."""
+    total = len(prompt) + steps
+    forward = jax.jit(lambda ids: LlamaForCausalLM(config).apply(variables, ids))
     seq = list(prompt)
     for _ in range(steps):
-        logits = model.apply(variables, np.asarray([seq]))
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        padded = np.zeros((1, total), np.int32)
+        padded[0, : len(seq)] = seq
+        seq.append(int(jnp.argmax(forward(padded)[0, len(seq) - 1])))
     return seq[len(prompt):]
 
 
