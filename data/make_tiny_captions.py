@@ -9,12 +9,47 @@ import argparse
 import os
 import random
 
-SUBJECTS = ["a dog", "a cat", "two children", "an old man", "a young woman", "a red car", "a small boat",
-            "a brown horse", "a group of people", "a bird", "a train", "a chef", "a guitarist", "three sheep"]
-ACTIONS = ["running along", "sitting next to", "standing near", "walking across", "resting on",
-           "playing beside", "waiting at", "looking at", "jumping over", "driving past"]
-PLACES = ["the beach", "a wooden bench", "the river", "a busy street", "the snowy mountain", "a green park",
-          "the old bridge", "a quiet library", "the city square", "a sandy desert", "the harbour"]
+SUBJECTS = [
+    "a dog",
+    "a cat",
+    "two children",
+    "an old man",
+    "a young woman",
+    "a red car",
+    "a small boat",
+    "a brown horse",
+    "a group of people",
+    "a bird",
+    "a train",
+    "a chef",
+    "a guitarist",
+    "three sheep",
+]
+ACTIONS = [
+    "running along",
+    "sitting next to",
+    "standing near",
+    "walking across",
+    "resting on",
+    "playing beside",
+    "waiting at",
+    "looking at",
+    "jumping over",
+    "driving past",
+]
+PLACES = [
+    "the beach",
+    "a wooden bench",
+    "the river",
+    "a busy street",
+    "the snowy mountain",
+    "a green park",
+    "the old bridge",
+    "a quiet library",
+    "the city square",
+    "a sandy desert",
+    "the harbour",
+]
 TIMES = ["at sunset", "in the morning", "under a blue sky", "in heavy rain", "at night", "on a sunny day", ""]
 SOUNDS = ["while birds sing", "as waves crash", "with music playing", "while a bell rings", "", ""]
 

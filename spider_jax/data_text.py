@@ -58,4 +58,3 @@ def lm_batches(
         ids = rows[order[begin : begin + batch_size]]
         yield {"input_ids": ids, "attention_mask": np.ones_like(ids, dtype=bool), "labels": ids.copy()}
         step += 1
-

@@ -52,8 +52,12 @@ def greedy_generate(
     prompt_mask = prompt_mask.astype(bool)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     logits, mutated = model.apply(
-        {**variables, "cache": cache}, prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-        decode=True, mutable=["cache"],
+        {**variables, "cache": cache},
+        prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        decode=True,
+        mutable=["cache"],
     )
     first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
     next_pos = positions[:, -1] + 1
@@ -68,8 +72,12 @@ def greedy_generate(
     def body(carry):
         i, token, pos, cache, done, out, lengths = carry
         logits, mutated = model.apply(
-            {**variables, "cache": cache}, token[:, None], attention_mask=jnp.ones((batch, 1), bool),
-            position_ids=pos[:, None], decode=True, mutable=["cache"],
+            {**variables, "cache": cache},
+            token[:, None],
+            attention_mask=jnp.ones((batch, 1), bool),
+            position_ids=pos[:, None],
+            decode=True,
+            mutable=["cache"],
         )
         nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_id, nxt)

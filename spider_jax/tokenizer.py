@@ -80,7 +80,9 @@ class SentencePieceTokenizer(Tokenizer):
         self._pattern: re.Pattern | None = None
         for token, idx in (added_tokens or {}).items():
             if idx != len(self):
-                raise TokenizerError(f"added token {token!r} has id {idx}, expected {len(self)} (ids must be contiguous)")
+                raise TokenizerError(
+                    f"added token {token!r} has id {idx}, expected {len(self)} (ids must be contiguous)"
+                )
             self._added[token] = idx
         self._rebuild_pattern()
         # Encoding a chunk without sentencepiece's dummy "▁" prefix: prepend a fixed anchor and drop its ids.
@@ -103,7 +105,9 @@ class SentencePieceTokenizer(Tokenizer):
     def add_tokens(self, tokens: Sequence[str], special: bool = False) -> int:
         added = 0
         for token in tokens:
-            if token in self._added or self.sp.PieceToId(token) != self.sp.unk_id() or token == self.sp.IdToPiece(self.sp.unk_id()):
+            unk = self.sp.unk_id()
+            already_known = self.sp.PieceToId(token) != unk or token == self.sp.IdToPiece(unk)
+            if token in self._added or already_known:
                 continue
             self._added[token] = len(self)
             added += 1

@@ -62,18 +62,34 @@ def init_train_state(trainable: Any, optimizer: optax.GradientTransformation) ->
     return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
 
 
-def make_lm_train_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Callable:
-    """``step(state, frozen_params, batch, rng) -> (state, metrics)`` for a LoRA LLaMA.
+def variables_for(trainable_collection: str) -> Callable[[Any, Any], dict[str, Any]]:
+    """How the frozen and trainable trees combine into Flax variables.
+
+    ``'lora'``: frozen base params + trainable LoRA tree. ``'params'``: every parameter trains (the frozen tree
+    is empty), used for full fine-tuning and for pretraining the tiny demo base.
+    """
+    if trainable_collection == LORA_COLLECTION:
+        return lambda frozen, trainable: {"params": frozen, LORA_COLLECTION: trainable}
+    if trainable_collection == "params":
+        return lambda frozen, trainable: {"params": trainable}
+    raise ValueError(f"trainable collection must be 'lora' or 'params', got {trainable_collection!r}")
+
+
+def make_lm_train_step(
+    model: nn.Module, optimizer: optax.GradientTransformation, trainable_collection: str = LORA_COLLECTION
+) -> Callable:
+    """``step(state, frozen, batch, rng) -> (state, metrics)``; only ``state.trainable`` is differentiated.
 
     ``batch`` holds ``input_ids``, ``attention_mask`` and ``labels`` (B, L).
     """
+    combine = variables_for(trainable_collection)
 
-    def step(state: TrainState, frozen_params: Any, batch: dict[str, jax.Array], rng: jax.Array):
+    def step(state: TrainState, frozen: Any, batch: dict[str, jax.Array], rng: jax.Array):
         dropout_rng = jax.random.fold_in(rng, state.step)
 
         def loss_fn(trainable):
             logits = model.apply(
-                {"params": frozen_params, LORA_COLLECTION: trainable},
+                combine(frozen, trainable),
                 batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 deterministic=False,
@@ -108,21 +124,25 @@ def state_shardings(boxed_trainable: Any, optimizer: optax.GradientTransformatio
 
 
 def build_sharded_lm_step(
-    model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    trainable_collection: str = LORA_COLLECTION,
 ) -> tuple[Callable, dict[str, Any]]:
     """Jitted train step with explicit in/out shardings (state donated) plus the shardings used.
 
-    Returns ``(step_fn, shardings)`` where ``shardings`` has ``params``, ``state`` and ``batch`` entries that
+    Returns ``(step_fn, shardings)`` where ``shardings`` has ``frozen``, ``state`` and ``batch`` entries that
     callers use to place their arrays (``sharding_lib.place``).
     """
     boxed = abstract_variables(model)
-    if LORA_COLLECTION not in boxed:
-        raise ValueError("model config has no LoRA targets: there is nothing to train")
-    params_sh = sharding_lib.shardings_for(boxed["params"], mesh)
-    state_sh = state_shardings(boxed[LORA_COLLECTION], optimizer, mesh)
+    if trainable_collection not in boxed:
+        raise ValueError(f"model has no {trainable_collection!r} variables (no LoRA targets?): nothing to train")
+    frozen_boxed = boxed["params"] if trainable_collection == LORA_COLLECTION else {}
+    frozen_sh = sharding_lib.shardings_for(frozen_boxed, mesh)
+    state_sh = state_shardings(boxed[trainable_collection], optimizer, mesh)
     batch_sh = sharding_lib.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    inner = make_lm_train_step(model, optimizer)
+    inner = make_lm_train_step(model, optimizer, trainable_collection)
 
     def step(state, frozen, batch, rng):
         with sharding_lib.activation_mesh(mesh):
@@ -131,8 +151,8 @@ def build_sharded_lm_step(
     batch_tree = {"input_ids": batch_sh, "attention_mask": batch_sh, "labels": batch_sh}
     jitted = jax.jit(
         step,
-        in_shardings=(state_sh, params_sh, batch_tree, replicated),
+        in_shardings=(state_sh, frozen_sh, batch_tree, replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
-    return jitted, {"params": params_sh, "state": state_sh, "batch": batch_tree}
+    return jitted, {"frozen": frozen_sh, "state": state_sh, "batch": batch_tree}

@@ -6,8 +6,15 @@ import numpy as np
 import torch
 import transformers
 
-TINY_HF = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-               num_key_value_heads=2, max_position_embeddings=128)
+TINY_HF = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 
 
 def make_hf_llama(folder, seed: int = 0, dtype=torch.float32, **overrides) -> transformers.LlamaForCausalLM:

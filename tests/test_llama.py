@@ -21,15 +21,27 @@ from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
 from spider_jax.generate import greedy_generate, left_pad
 from spider_jax.models.llama import LlamaConfig, LlamaForCausalLM, init_params
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 CASES = {
     "gqa": {},
-    "mha_odd_sizes": dict(hidden_size=36, intermediate_size=70, num_attention_heads=3, num_key_value_heads=3,
-                          vocab_size=101),
+    "mha_odd_sizes": dict(
+        hidden_size=36, intermediate_size=70, num_attention_heads=3, num_key_value_heads=3, vocab_size=101
+    ),
     "llama3_rope_tied": dict(rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
-    "linear_rope_bias_headdim": dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
-                                     attention_bias=True, mlp_bias=True, head_dim=10, num_key_value_heads=1),
+    "linear_rope_bias_headdim": dict(
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+        attention_bias=True,
+        mlp_bias=True,
+        head_dim=10,
+        num_key_value_heads=1,
+    ),
 }
 
 
@@ -95,7 +107,9 @@ def test_wrong_shape_names_tensor_and_both_shapes(tmp_path):
     tensors = {k: np.array(st[k]) for k in st}
     tensors["model.layers.1.self_attn.k_proj.weight"] = np.zeros((8, 48), np.float32)
     save_file(tensors, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointMismatchError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight.*\(8, 48\).*\(16, 48\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight.*\(8, 48\).*\(16, 48\)"
+    ):
         load_hf_checkpoint(tmp_path)
 
 
@@ -121,8 +135,14 @@ def test_truncated_safetensors_is_reported(tmp_path):
 
 
 def _config(**kw):
-    base = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2)
+    base = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaConfig(**{**base, **kw})
 
 
@@ -136,7 +156,7 @@ def _full_sequence_greedy(config, variables, prompt, steps):
         padded = np.zeros((1, total), np.int32)
         padded[0, : len(seq)] = seq
         seq.append(int(jnp.argmax(forward(padded)[0, len(seq) - 1])))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
@@ -160,7 +180,7 @@ def test_generation_stops_at_eos_and_pads():
     tokens, lengths = greedy_generate(config, variables, ids, mask, 6, eos_id=eos, pad_id=-1)
     first_eos = list(np.asarray(free[0])).index(eos)
     assert int(lengths[0]) == first_eos + 1
-    assert list(np.asarray(tokens[0, first_eos + 1:])) == [-1] * (5 - first_eos)
+    assert list(np.asarray(tokens[0, first_eos + 1 :])) == [-1] * (5 - first_eos)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])

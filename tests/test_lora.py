@@ -20,8 +20,10 @@ def _randomise_b(lora, seed=0):
     """LoRA trees straight from init have B = 0; give them a real delta."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(lora)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    new = [jax.random.normal(k, x.shape) * 0.05 if path[-1].key == "lora_b" else x
-           for k, (path, x) in zip(keys, leaves, strict=True)]
+    new = [
+        jax.random.normal(k, x.shape) * 0.05 if path[-1].key == "lora_b" else x
+        for k, (path, x) in zip(keys, leaves, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
@@ -52,8 +54,12 @@ def test_merge_then_unmerge_restores_and_merged_matches_adapter(base):
     merged = lora_lib.merge(params, lora, lcfg)
     restored = lora_lib.unmerge(merged, lora, lcfg)
     changed = 0
-    for a, m, r in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(merged),
-                       jax.tree_util.tree_leaves(restored), strict=True):
+    for a, m, r in zip(
+        jax.tree_util.tree_leaves(params),
+        jax.tree_util.tree_leaves(merged),
+        jax.tree_util.tree_leaves(restored),
+        strict=True,
+    ):
         np.testing.assert_allclose(np.asarray(r), np.asarray(a), atol=1e-6)
         changed += int(not np.allclose(np.asarray(m), np.asarray(a)))
     assert changed == 2 * 3  # 2 layers x 3 targets
@@ -95,7 +101,7 @@ def test_only_lora_receives_updates_and_dropout_is_active(base):
     for before, after in zip(jax.tree_util.tree_leaves(frozen_before), jax.tree_util.tree_leaves(params), strict=True):
         np.testing.assert_array_equal(before, np.asarray(after))
     # B starts at zero, so the first step moves every B (non-zero gradient) and leaves A's gradient at zero.
-    for path, before in jax.tree_util.tree_flatten_with_path(lora)[0]:
+    for path, _ in jax.tree_util.tree_flatten_with_path(lora)[0]:
         after = new_state.trainable
         for key in path:
             after = after[key.key]
@@ -103,9 +109,15 @@ def test_only_lora_receives_updates_and_dropout_is_active(base):
             assert float(np.abs(np.asarray(after)).max()) > 0, path
     # after a second step A moves too (its gradient flows through the now non-zero B)
     second, _ = step(new_state, params, batch, jax.random.PRNGKey(1))
-    a_moved = [not np.allclose(np.asarray(x), np.asarray(y), atol=1e-6)
-               for (p, x), y in zip(jax.tree_util.tree_flatten_with_path(new_state.trainable)[0],
-                                    jax.tree_util.tree_leaves(second.trainable), strict=True) if p[-1].key == "lora_a"]
+    a_moved = [
+        not np.allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+        for (p, x), y in zip(
+            jax.tree_util.tree_flatten_with_path(new_state.trainable)[0],
+            jax.tree_util.tree_leaves(second.trainable),
+            strict=True,
+        )
+        if p[-1].key == "lora_a"
+    ]
     assert a_moved and all(a_moved)
     # dropout: two different rngs give different training-mode outputs once B != 0
     variables = {"params": params, LORA_COLLECTION: new_state.trainable}

@@ -37,9 +37,16 @@ def test_logical_spec_replicates_what_does_not_divide():
 
 
 def _setup(scan_layers):
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, scan_layers=scan_layers,
-                         lora=LoraConfig(rank=4, alpha=8, dropout=0.1, targets=TARGETS))
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        scan_layers=scan_layers,
+        lora=LoraConfig(rank=4, alpha=8, dropout=0.1, targets=TARGETS),
+    )
     variables = init_params(config, jax.random.PRNGKey(0))
     lora = jax.tree_util.tree_map(lambda x: x + 0.01, variables["lora"])  # non-zero B so every grad is non-zero
     ids = np.random.RandomState(0).randint(0, 128, (8, 24))
@@ -67,7 +74,7 @@ def test_sharded_step_matches_single_device(scan_layers):
     mesh = sharding.create_mesh((2, 2, 2))
     step, shardings = trainer.build_sharded_lm_step(model, optimizer, mesh)
     state = sharding.place(trainer.init_train_state(lora, optimizer), shardings["state"])
-    frozen = sharding.place(params, shardings["params"])
+    frozen = sharding.place(params, shardings["frozen"])
     sharded_batch = sharding.place(batch, shardings["batch"])
     losses = []
     for _ in range(2):
@@ -75,8 +82,9 @@ def test_sharded_step_matches_single_device(scan_layers):
         losses.append(float(m["loss"]))
 
     np.testing.assert_allclose(losses, ref_losses, atol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(ref_state.trainable), jax.tree_util.tree_leaves(state.trainable),
-                    strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(ref_state.trainable), jax.tree_util.tree_leaves(state.trainable), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
     prefix = ("model", "layers") if scan_layers else ("model", "layers_0")

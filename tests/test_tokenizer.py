@@ -29,9 +29,18 @@ def test_round_trip_plain_and_unicode(sp_model_path, tiny_corpus):
 
 def test_matches_transformers_llama_tokenizer(sp_model_path, tiny_corpus, tmp_path):
     shutil.copy(sp_model_path, tmp_path / "tokenizer.model")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-         "add_bos_token": True, "legacy": False}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "legacy": False,
+            }
+        )
+    )
     ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
     ours = load_tokenizer(sp_model_path)
     for text in tiny_corpus[:100] + ["Café ☃ 123!"]:
@@ -64,9 +73,17 @@ def test_special_tokens_skipped_on_request(sp_model_path):
 
 def test_hf_folder_backend(sp_model_path, tmp_path):
     shutil.copy(sp_model_path, tmp_path / "tokenizer.model")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-         "legacy": False}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "legacy": False,
+            }
+        )
+    )
     tok = load_tokenizer(tmp_path)
     assert isinstance(tok, HFTokenizer)
     tok.add_tokens(TEMPLATE_TOKENS)

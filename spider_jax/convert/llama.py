@@ -39,7 +39,9 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     """LlamaConfig from a transformers ``config.json`` dict (v4 ``rope_theta``/``rope_scaling`` or v5 ``rope_parameters``)."""
     model_type = hf.get("model_type", "llama")
     if model_type not in ("llama", "mistral"):
-        raise ValueError(f"config.json has model_type={model_type!r}; only LLaMA-architecture checkpoints are supported")
+        raise ValueError(
+            f"config.json has model_type={model_type!r}; only LLaMA-architecture checkpoints are supported"
+        )
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported (LLaMA uses 'silu')")
     rope = dict(hf.get("rope_parameters") or {})
@@ -267,7 +269,9 @@ def _torch_load(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"{path}: reading .bin checkpoints needs torch; convert to safetensors or install torch") from e
+        raise ImportError(
+            f"{path}: reading .bin checkpoints needs torch; convert to safetensors or install torch"
+        ) from e
     sd = torch.load(path, map_location="cpu", weights_only=True)
     out = {}
     for k, v in sd.items():
@@ -294,9 +298,7 @@ class _FolderState(Mapping):
         elif os.path.exists(os.path.join(folder, BIN_SINGLE)):
             self._where = {n: BIN_SINGLE for n in self._file(BIN_SINGLE)}
         else:
-            raise FileNotFoundError(
-                f"{folder}: no {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX} found"
-            )
+            raise FileNotFoundError(f"{folder}: no {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX} found")
 
     def _read_index(self, name: str) -> None:
         with open(os.path.join(self.folder, name)) as f:
@@ -403,4 +405,3 @@ def _copy_tokenizer_files(src: str, dst: str) -> None:
     for name in os.listdir(src):
         if name.startswith("tokenizer") or name in ("special_tokens_map.json", "added_tokens.json"):
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
-

@@ -81,7 +81,9 @@ class SafetensorsFile(Mapping):
         return len(self._header)
 
 
-def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def save_file(
+    tensors: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     """Writes ``tensors`` (numpy or jax arrays, bf16 included) as one safetensors file, atomically."""
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     arrays = []
@@ -90,7 +92,11 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, metada
         arr = np.ascontiguousarray(np.asarray(tensors[name]))
         if arr.dtype not in _FROM_NUMPY:
             raise SafetensorsError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
-        header[name] = {"dtype": _FROM_NUMPY[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        header[name] = {
+            "dtype": _FROM_NUMPY[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
         arrays.append(arr)
     blob = json.dumps(header, separators=(",", ":")).encode()

@@ -209,9 +209,7 @@ class LlamaAttention(nn.Module):
         v = v.reshape(batch, length, kv_heads, head_dim)
         if self.decode:
             k, v = self._append_to_cache(k, v, cache_index)
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, scale=head_dim**-0.5, implementation=cfg.attention_impl
-        )
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5, implementation=cfg.attention_impl)
         out = out.reshape(batch, length, heads * head_dim)
         return _linear(cfg, "o_proj", cfg.hidden_size, ("heads", "embed"), bias, det)(out)
 
@@ -322,7 +320,9 @@ class LlamaModel(nn.Module):
             hidden, _ = stack(cfg, deterministic, decode, name="layers")(hidden, cos, sin, mask, cache_index)
         else:
             for i in range(cfg.num_hidden_layers):
-                hidden, _ = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(hidden, cos, sin, mask, cache_index)
+                hidden, _ = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
+                    hidden, cos, sin, mask, cache_index
+                )
         hidden = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(hidden)
         return hidden, embedding
 

@@ -85,7 +85,10 @@ class LoRALinear(nn.Module):
         y = jnp.dot(x, kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), (self.features,), self.param_dtype
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                (self.features,),
+                self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
         if self.lora is None:
@@ -98,7 +101,9 @@ class LoRALinear(nn.Module):
         b_init = nn.with_logical_partitioning(nn.initializers.zeros, ("lora_rank", self.axes[1]))
         # The rng is drawn lazily: only when the variable does not exist yet (init, or a mutable empty collection).
         a = self.variable(LORA_COLLECTION, "lora_a", lambda: a_init(self.make_rng("params"), (in_features, rank))).value
-        b = self.variable(LORA_COLLECTION, "lora_b", lambda: b_init(self.make_rng("params"), (rank, self.features))).value
+        b = self.variable(
+            LORA_COLLECTION, "lora_b", lambda: b_init(self.make_rng("params"), (rank, self.features))
+        ).value
         h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic)
         delta = jnp.dot(jnp.dot(h, a.astype(self.dtype)), b.astype(self.dtype))
         return y + delta * jnp.asarray(self.lora.scale, self.dtype)

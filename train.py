@@ -1,0 +1,31 @@
+"""Train entry point: ``python train.py --config configs/tiny.py [--config.path=value ...]``."""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config (ml_collections file).")
+_EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Skip training; evaluate the latest checkpoint.")
+
+
+def main(argv):
+    del argv
+    import jax
+
+    cfg = _CONFIG.value
+    if cfg.get("cpu_devices"):
+        jax.config.update("jax_num_cpu_devices", int(cfg.cpu_devices))  # only affects the CPU backend
+    logging.set_verbosity(logging.WARNING)  # our own progress lines; orbax/clu INFO chatter off
+    from spider_jax import lm_finetune
+
+    summary = lm_finetune.evaluate(cfg) if _EVAL_ONLY.value else lm_finetune.run(cfg)
+    print("\n== summary ==")
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)
