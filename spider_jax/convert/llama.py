@@ -36,7 +36,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
-    """LlamaConfig from a transformers ``config.json`` dict (v4 ``rope_theta``/``rope_scaling`` or v5 ``rope_parameters``)."""
+    """LlamaConfig from a transformers config.json dict (v4 rope_theta + rope_scaling, or v5 rope_parameters)."""
     model_type = hf.get("model_type", "llama")
     if model_type not in ("llama", "mistral"):
         raise ValueError(
