@@ -48,11 +48,10 @@ def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, ja
     ``labels`` are aligned with the inputs (HF convention), so callers copy input ids and mask the prompt.
     Returns ``(loss, number_of_predicted_tokens)``.
     """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
+    # Shift the labels, not the logits: no copy of the (B, L, V) logits (as transformers' ForCausalLMLoss).
+    targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
     valid = targets != IGNORE_INDEX
-    safe_targets = jnp.where(valid, targets, 0)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe_targets)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, targets, 0))
     count = valid.sum()
     loss = jnp.where(valid, nll, 0.0).sum() / jnp.maximum(count, 1)
     return loss, count

@@ -99,6 +99,9 @@ def test_bfloat16_checkpoint_loads_exactly(tmp_path):
     assert kernel.dtype == jnp.bfloat16
     ref = hf.model.layers[1].mlp.down_proj.weight.detach().float().numpy().T
     np.testing.assert_array_equal(kernel.astype(np.float32), ref)
+    config32, params32 = load_hf_checkpoint(tmp_path, param_dtype="float32")
+    assert params32["model"]["layers_1"]["mlp"]["down_proj"]["kernel"].dtype == np.float32
+    assert config32.param_dtype == "float32"
 
 
 def test_wrong_shape_names_tensor_and_both_shapes(tmp_path):

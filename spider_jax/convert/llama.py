@@ -18,7 +18,7 @@ import numpy as np
 
 from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
 from spider_jax.models import lora as lora_lib
-from spider_jax.models.llama import LlamaConfig, RopeScaling
+from spider_jax.models.llama import LlamaConfig, RopeScaling, as_dtype
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -332,18 +332,17 @@ def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
-def load_hf_checkpoint(
-    path: str | os.PathLike, dtype: Any = None, **config_overrides: Any
-) -> tuple[LlamaConfig, dict[str, Any]]:
+def load_hf_checkpoint(path: str | os.PathLike, **config_overrides: Any) -> tuple[LlamaConfig, dict[str, Any]]:
     """Reads a local HF LLaMA folder. Returns ``(config, params)`` with params as host numpy arrays.
 
-    ``dtype`` casts every tensor (e.g. ``np.float32``); ``config_overrides`` set execution fields such as
-    ``scan_layers=True``, ``dtype='bfloat16'`` or ``lora=LoraConfig(...)``.
+    ``config_overrides`` set execution fields such as ``scan_layers=True``, ``dtype='bfloat16'`` (compute) or
+    ``lora=LoraConfig(...)``. Tensors keep the file's dtype unless ``param_dtype`` is given, then they are cast.
     """
     folder = os.fspath(path)
     config = config_from_hf(read_hf_config(folder), **config_overrides)
+    cast = as_dtype(config_overrides["param_dtype"]) if "param_dtype" in config_overrides else None
     state = _FolderState(folder)
-    return config, hf_state_dict_to_params(state, config, dtype=dtype, source=folder)
+    return config, hf_state_dict_to_params(state, config, dtype=cast, source=folder)
 
 
 def _shard(state: Mapping[str, np.ndarray], max_shard_bytes: int) -> list[dict[str, np.ndarray]]:
