@@ -64,7 +64,10 @@ def create_mesh(shape: Sequence[int] | Mapping[str, int], devices: Sequence[Any]
             raise ValueError(f"mesh shape {shape}: {len(devices)} devices are not divisible by {known}")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, {len(devices)} available")
+        raise ValueError(
+            f"mesh shape {shape} (data, fsdp, tensor) needs {math.prod(shape)} devices, {len(devices)} available; "
+            "set the config's mesh sizes (e.g. --config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1)"
+        )
     try:  # topology-aware placement on TPU/GPU; plain reshape where the platform has no topology
         from jax.experimental import mesh_utils
 

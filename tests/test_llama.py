@@ -212,3 +212,18 @@ def test_config_errors_are_clear():
         _config(num_key_value_heads=3)
     with pytest.raises(ValueError, match="remat_policy"):
         _config(remat_policy="everything")
+
+
+def test_inputs_embeds_path_and_hidden_states():
+    config = _config(num_hidden_layers=1)
+    variables = init_params(config, jax.random.PRNGKey(0))
+    model = LlamaForCausalLM(config)
+    ids = np.random.RandomState(0).randint(0, 128, (2, 7))
+    embeds = model.apply(variables, ids, method=model.embed)
+    np.testing.assert_array_equal(np.asarray(embeds), np.asarray(variables["params"]["model"]["embed_tokens"])[ids])
+    logits_ids, hidden = model.apply(variables, ids, return_hidden=True)
+    logits_embeds = model.apply(variables, inputs_embeds=embeds)
+    np.testing.assert_allclose(np.asarray(logits_ids), np.asarray(logits_embeds), atol=1e-6)
+    assert hidden.shape == (2, 7, config.hidden_size)
+    head = np.asarray(variables["params"]["lm_head"])
+    np.testing.assert_allclose(np.asarray(hidden) @ head, np.asarray(logits_ids), atol=1e-4)
