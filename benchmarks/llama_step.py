@@ -65,8 +65,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
         max_position_embeddings=max(args.seq, args.prompt + args.new_tokens),
     )
     torch_model = transformers.LlamaForCausalLM(hf_config).eval()
@@ -99,8 +103,11 @@ def main() -> None:
         lambda: jax.block_until_ready(jax_grads(params, ids_jax)), torch_step, args.repeats
     )
     tokens = args.batch * args.seq
-    results["train_fwd_bwd"] = {"jax_tokens_per_s": tokens / jax_t, "torch_tokens_per_s": tokens / torch_t,
-                                "ratio_jax_over_torch": torch_t / jax_t}
+    results["train_fwd_bwd"] = {
+        "jax_tokens_per_s": tokens / jax_t,
+        "torch_tokens_per_s": tokens / torch_t,
+        "ratio_jax_over_torch": torch_t / jax_t,
+    }
 
     # ---- greedy decode with KV cache
     prompt = rng.randint(3, args.vocab, (args.decode_batch, args.prompt))
@@ -115,25 +122,40 @@ def main() -> None:
 
     def torch_decode():
         with torch.no_grad():
-            torch_model.generate(prompt_torch, attention_mask=torch.ones_like(prompt_torch), do_sample=False,
-                                 max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, use_cache=True,
-                                 pad_token_id=0)
+            torch_model.generate(
+                prompt_torch,
+                attention_mask=torch.ones_like(prompt_torch),
+                do_sample=False,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                use_cache=True,
+                pad_token_id=0,
+            )
 
     jax_t, torch_t = interleaved_median(jax_decode, torch_decode, max(3, args.repeats // 2))
     new = args.decode_batch * args.new_tokens
-    results["greedy_decode"] = {"jax_tokens_per_s": new / jax_t, "torch_tokens_per_s": new / torch_t,
-                                "ratio_jax_over_torch": torch_t / jax_t}
+    results["greedy_decode"] = {
+        "jax_tokens_per_s": new / jax_t,
+        "torch_tokens_per_s": new / torch_t,
+        "ratio_jax_over_torch": torch_t / jax_t,
+    }
 
-    machine = f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), " \
-              f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    machine = (
+        f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     print(f"machine: {machine}")
-    print(f"config: layers={args.layers} d={args.hidden} heads={args.heads}/{args.kv_heads} "
-          f"mlp={args.intermediate} vocab={args.vocab} fp32; train batch {args.batch}x{args.seq}; "
-          f"decode batch {args.decode_batch}, prompt {args.prompt}, {args.new_tokens} new tokens")
+    print(
+        f"config: layers={args.layers} d={args.hidden} heads={args.heads}/{args.kv_heads} "
+        f"mlp={args.intermediate} vocab={args.vocab} fp32; train batch {args.batch}x{args.seq}; "
+        f"decode batch {args.decode_batch}, prompt {args.prompt}, {args.new_tokens} new tokens"
+    )
     print(f"{'benchmark':<16}{'JAX tok/s':>12}{'torch tok/s':>13}{'JAX/torch':>11}")
     for name, r in results.items():
-        print(f"{name:<16}{r['jax_tokens_per_s']:>12.1f}{r['torch_tokens_per_s']:>13.1f}"
-              f"{r['ratio_jax_over_torch']:>10.2f}x")
+        print(
+            f"{name:<16}{r['jax_tokens_per_s']:>12.1f}{r['torch_tokens_per_s']:>13.1f}"
+            f"{r['ratio_jax_over_torch']:>10.2f}x"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)

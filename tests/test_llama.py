@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import hf_logits, make_hf_llama
+from helpers import hf_logits, make_hf_llama, tiny_config
 
 from spider_jax.convert.llama import (
     CheckpointMismatchError,
@@ -19,7 +19,7 @@ from spider_jax.convert.llama import (
 )
 from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
 from spider_jax.generate import greedy_generate, left_pad
-from spider_jax.models.llama import LlamaConfig, LlamaForCausalLM, init_params
+from spider_jax.models.llama import LlamaForCausalLM, init_params
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -137,16 +137,7 @@ def test_truncated_safetensors_is_reported(tmp_path):
         load_hf_checkpoint(tmp_path)
 
 
-def _config(**kw):
-    base = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaConfig(**{**base, **kw})
+_config = tiny_config
 
 
 def _full_sequence_greedy(config, variables, prompt, steps):

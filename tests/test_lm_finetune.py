@@ -75,24 +75,19 @@ def test_train_and_eval_entry_points(tmp_path):
         "--config.cpu_devices=4",
         "--config.mesh.data=1",
     ]
-    env = {**os.environ, "XLA_FLAGS": ""}
-    out = subprocess.run(
-        [sys.executable, "train.py", "--config=configs/tiny.py", *common],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert '"devices": 4' in out.stdout and "export_max_abs_logit_diff_vs_transformers" in out.stdout
-    out = subprocess.run(
-        [sys.executable, "eval.py", "--config=configs/tiny.py", *common],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert '"checkpoint_step": 2' in out.stdout
+
+    def run(script):
+        out = subprocess.run(
+            [sys.executable, script, "--config=configs/tiny.py", *common],
+            cwd=ROOT,
+            env={**os.environ, "XLA_FLAGS": ""},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    stdout = run("train.py")
+    assert '"devices": 4' in stdout and "export_max_abs_logit_diff_vs_transformers" in stdout
+    assert '"checkpoint_step": 2' in run("eval.py")

@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 from jax.sharding import PartitionSpec as P
 
 from spider_jax import sharding, trainer
-from spider_jax.models.llama import LlamaConfig, LlamaForCausalLM, init_params
+from spider_jax.models.llama import LlamaForCausalLM, init_params
 from spider_jax.models.lora import LoraConfig
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -37,16 +38,7 @@ def test_logical_spec_replicates_what_does_not_divide():
 
 
 def _setup(scan_layers):
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        scan_layers=scan_layers,
-        lora=LoraConfig(rank=4, alpha=8, dropout=0.1, targets=TARGETS),
-    )
+    config = tiny_config(scan_layers=scan_layers, lora=LoraConfig(rank=4, alpha=8, dropout=0.1, targets=TARGETS))
     variables = init_params(config, jax.random.PRNGKey(0))
     lora = jax.tree_util.tree_map(lambda x: x + 0.01, variables["lora"])  # non-zero B so every grad is non-zero
     ids = np.random.RandomState(0).randint(0, 128, (8, 24))

@@ -1,11 +1,9 @@
 """Tokenizer backends, added template tokens, embedding resize."""
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import transformers
+from helpers import write_hf_tokenizer_folder
 
 from spider_jax.tokenizer import (
     HFTokenizer,
@@ -28,19 +26,7 @@ def test_round_trip_plain_and_unicode(sp_model_path, tiny_corpus):
 
 
 def test_matches_transformers_llama_tokenizer(sp_model_path, tiny_corpus, tmp_path):
-    shutil.copy(sp_model_path, tmp_path / "tokenizer.model")
-    (tmp_path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "add_bos_token": True,
-                "legacy": False,
-            }
-        )
-    )
+    write_hf_tokenizer_folder(sp_model_path, tmp_path)
     ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
     ours = load_tokenizer(sp_model_path)
     for text in tiny_corpus[:100] + ["Café ☃ 123!"]:
@@ -72,18 +58,7 @@ def test_special_tokens_skipped_on_request(sp_model_path):
 
 
 def test_hf_folder_backend(sp_model_path, tmp_path):
-    shutil.copy(sp_model_path, tmp_path / "tokenizer.model")
-    (tmp_path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "legacy": False,
-            }
-        )
-    )
+    write_hf_tokenizer_folder(sp_model_path, tmp_path)
     tok = load_tokenizer(tmp_path)
     assert isinstance(tok, HFTokenizer)
     tok.add_tokens(TEMPLATE_TOKENS)
