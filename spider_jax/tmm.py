@@ -28,10 +28,29 @@ GENERATED = ("IMAGE", "VIDEO", "AUDIO")  # modalities a specific-multimodal requ
 # Tab. 21(b): dataset proportions per training stage (70% instruction data / 30% TMM in stage 3).
 STAGE_MIXTURES: dict[str, dict[str, float]] = {
     "stage1": {"i2t": 0.1, "v2t": 0.1, "a2t": 0.1, "t2i": 0.2, "t2v": 0.2, "t2a": 0.1, "i2b": 0.1, "i2m": 0.1},
-    "stage2": {"t2i_ts": 0.1, "t2v_ts": 0.1, "t2a_ts": 0.1, "i2t_ts": 0.2, "v2t_ts": 0.2, "a2t_ts": 0.1,
-               "i2b_ts": 0.1, "i2m_ts": 0.1},
-    "stage3": {"t2i_ts": 0.03, "t2v_ts": 0.03, "t2a_ts": 0.03, "i2t_ts": 0.06, "v2t_ts": 0.06, "a2t_ts": 0.03,
-               "i2b_ts": 0.03, "i2m_ts": 0.03, "smmi": 0.5, "spmi": 0.1, "tgi": 0.1},
+    "stage2": {
+        "t2i_ts": 0.1,
+        "t2v_ts": 0.1,
+        "t2a_ts": 0.1,
+        "i2t_ts": 0.2,
+        "v2t_ts": 0.2,
+        "a2t_ts": 0.1,
+        "i2b_ts": 0.1,
+        "i2m_ts": 0.1,
+    },
+    "stage3": {
+        "t2i_ts": 0.03,
+        "t2v_ts": 0.03,
+        "t2a_ts": 0.03,
+        "i2t_ts": 0.06,
+        "v2t_ts": 0.06,
+        "a2t_ts": 0.03,
+        "i2b_ts": 0.03,
+        "i2m_ts": 0.03,
+        "smmi": 0.5,
+        "spmi": 0.1,
+        "tgi": 0.1,
+    },
 }
 
 
@@ -159,7 +178,9 @@ def build_single(
     if pool.input_modality is not None:
         paths = [p for m, p in sample.media if m == pool.input_modality]
         if not paths:
-            raise ValueError(f"{dataset}: sample {sample.sample_id or sample.text!r} has no {pool.input_modality} media")
+            raise ValueError(
+                f"{dataset}: sample {sample.sample_id or sample.text!r} has no {pool.input_modality} media"
+            )
         inputs = ((pool.input_modality, paths[0]),)
     fill = sample.text if "{}" in template else ""
     question = tpl.format_question(pool.render(template, fill), pool.task, [m for m, _ in inputs], opts.template)
@@ -207,8 +228,9 @@ def build_specific(
     template = pool.templates[rng.integers(len(pool.templates))]
     question = tpl.format_question(pool.render(template, " ".join(requests)), pool.task, (), cfg)
     answer = tpl.format_answer(groups, "", cfg)
-    return Instance(question, answer, (), tuple(g.modality for g in groups), pool.name,
-                    tuple(s.sample_id for s in chosen))
+    return Instance(
+        question, answer, (), tuple(g.modality for g in groups), pool.name, tuple(s.sample_id for s in chosen)
+    )
 
 
 def build_travel_guide(
@@ -293,3 +315,15 @@ def build_instance(
 
 def instance_to_json(instance: Instance) -> dict[str, Any]:
     return dataclasses.asdict(instance)
+
+
+def instance_from_json(record: Mapping[str, Any]) -> Instance:
+    """Inverse of :func:`instance_to_json` (JSON turns tuples into lists)."""
+    return Instance(
+        question=record["question"],
+        answer=record["answer"],
+        inputs=tuple((m, p) for m, p in record.get("inputs", ())),
+        targets=tuple(record.get("targets", ())),
+        dataset=record.get("dataset", ""),
+        sample_ids=tuple(record.get("sample_ids", ())),
+    )

@@ -9,8 +9,19 @@ import pytest
 from spider_jax import template as tpl
 from spider_jax import tmm
 
-PAPER_COUNTS = {"t2i_ts": 24, "t2v_ts": 24, "t2a_ts": 24, "i2t_ts": 17, "v2t_ts": 17, "a2t_ts": 17, "i2b_ts": 18,
-                "i2m_ts": 16, "smmi": 24, "spmi": 5, "tgi": 6}
+PAPER_COUNTS = {
+    "t2i_ts": 24,
+    "t2v_ts": 24,
+    "t2a_ts": 24,
+    "i2t_ts": 17,
+    "v2t_ts": 17,
+    "a2t_ts": 17,
+    "i2b_ts": 18,
+    "i2m_ts": 16,
+    "smmi": 24,
+    "spmi": 5,
+    "tgi": 6,
+}
 X2X = ("i2t", "v2t", "a2t", "t2i", "t2v", "t2a", "i2b", "i2m")
 DEFINING = {"t2i_ts": "IMAGE", "t2v_ts": "VIDEO", "t2a_ts": "AUDIO", "i2b_ts": "BOX", "i2m_ts": "MASK"}
 
@@ -21,16 +32,42 @@ def pools():
 
 
 def _sources():
-    caps = [tmm.Sample(f"a dog number {i} runs on the beach", (("IMAGE", f"img{i}.jpg"), ("VIDEO", f"v{i}.mp4"),
-                                                                   ("AUDIO", f"a{i}.wav")), sample_id=str(i))
-            for i in range(20)]
-    refs = [tmm.Sample(f"the red cup {i}", (("IMAGE", f"coco{i}.jpg"),), box=(0.1, 0.2, 0.5, 0.75), sample_id=f"r{i}")
-            for i in range(10)]
-    guide = ("Attractions: <IMAGE> Forbidden City </IMAGE> is a palace. Culture: <AUDIO> Peking Opera </AUDIO> "
-             "is loved. Streets: <VIDEO> a busy hutong </VIDEO>.")
+    caps = [
+        tmm.Sample(
+            f"a dog number {i} runs on the beach",
+            (("IMAGE", f"img{i}.jpg"), ("VIDEO", f"v{i}.mp4"), ("AUDIO", f"a{i}.wav")),
+            sample_id=str(i),
+        )
+        for i in range(20)
+    ]
+    refs = [
+        tmm.Sample(f"the red cup {i}", (("IMAGE", f"coco{i}.jpg"),), box=(0.1, 0.2, 0.5, 0.75), sample_id=f"r{i}")
+        for i in range(10)
+    ]
+    guide = (
+        "Attractions: <IMAGE> Forbidden City </IMAGE> is a palace. Culture: <AUDIO> Peking Opera </AUDIO> "
+        "is loved. Streets: <VIDEO> a busy hutong </VIDEO>."
+    )
     cities = [tmm.Sample("Beijing", guide=guide, sample_id="bj")]
-    sources = {name: caps for name in ("i2t", "v2t", "a2t", "t2i", "t2v", "t2a", "t2i_ts", "t2v_ts", "t2a_ts",
-                                       "i2t_ts", "v2t_ts", "a2t_ts", "smmi", "spmi")}
+    sources = {
+        name: caps
+        for name in (
+            "i2t",
+            "v2t",
+            "a2t",
+            "t2i",
+            "t2v",
+            "t2a",
+            "t2i_ts",
+            "t2v_ts",
+            "t2a_ts",
+            "i2t_ts",
+            "v2t_ts",
+            "a2t_ts",
+            "smmi",
+            "spmi",
+        )
+    }
     sources.update({n: refs for n in ("i2b", "i2m", "i2b_ts", "i2m_ts")}, tgi=cities)
     return sources
 
@@ -73,13 +110,18 @@ def test_every_dataset_builds_answers_that_parse_cleanly(pools, name):
 
 
 def test_paper_example_shape_and_boxes(pools):
-    pool = tmm.InstructionPool("t2x", "SMARTMULTIMODAL", None,
-                               ("Please generate an <IMAGE> and a <VIDEO> based on the following text: {}",))
+    pool = tmm.InstructionPool(
+        "t2x", "SMARTMULTIMODAL", None, ("Please generate an <IMAGE> and a <VIDEO> based on the following text: {}",)
+    )
     inst = tmm.build_single(pool, tmm.Sample("A cat is sitting on a couch"), np.random.default_rng(0), "t2x")
-    assert inst.question == ("[INPUT] [SMARTMULTIMODAL] Please generate an image and a video based on the following "
-                             "text: A cat is sitting on a couch")
-    assert inst.answer == ("[OUT] A cat is sitting on a couch. <IMAGE> A cat is sitting on a couch [IMAGE0] </IMAGE> "
-                           ". <VIDEO> A cat is sitting on a couch [VIDEO0] </VIDEO> [END]")
+    assert inst.question == (
+        "[INPUT] [SMARTMULTIMODAL] Please generate an image and a video based on the following "
+        "text: A cat is sitting on a couch"
+    )
+    assert inst.answer == (
+        "[OUT] A cat is sitting on a couch. <IMAGE> A cat is sitting on a couch [IMAGE0] </IMAGE> "
+        ". <VIDEO> A cat is sitting on a couch [VIDEO0] </VIDEO> [END]"
+    )
     box_inst = tmm.build_instance(0, 0, {"i2b": 1.0}, pools, _sources())
     assert tpl.parse_boxes(box_inst.answer) == [(0.1, 0.2, 0.5, 0.75)]
 
