@@ -132,3 +132,25 @@ def test_materialized_array_record_round_trip(setup, tmp_path):
         b = ip.encode_instance(instances[i], tok, ids, config)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_tfds_builder_materialises_splits_in_stream_order(setup, tmp_path):
+    from spider_jax import tmm_tfds
+
+    tok, ids, pools = setup
+    mixture = tmm.normalised_mixture(STAGE1)
+    sources = _sources()
+
+    def make(index):
+        return tmm.build_instance(index, 11, mixture, pools, sources)
+
+    tmm_tfds.materialize(tmp_path, make, {"train": 12, "validation": 4})
+    train = tmm_tfds.tmm_data_source(tmp_path, "train")
+    validation = tmm_tfds.tmm_data_source(tmp_path, "validation")
+    assert len(train) == 12 and len(validation) == 4
+    assert [train[i] for i in range(12)] == [make(i) for i in range(12)]
+    assert [validation[i] for i in range(4)] == [make(12 + i) for i in range(4)]
+    batch = next(iter(ip.batched_examples(validation, tok, ids, ip.PipelineConfig(max_length=64, batch_size=4))))
+    assert batch["input_ids"].shape == (4, 64)
+    with pytest.raises(KeyError, match="split 'test' not materialised"):
+        tmm_tfds.tmm_data_source(tmp_path, "test")
