@@ -154,3 +154,17 @@ def test_tfds_builder_materialises_splits_in_stream_order(setup, tmp_path):
     assert batch["input_ids"].shape == (4, 64)
     with pytest.raises(KeyError, match="split 'test' not materialised"):
         tmm_tfds.tmm_data_source(tmp_path, "test")
+
+
+def test_bundled_samples_feed_every_stage(setup):
+    from spider_jax.sources import load_layout
+
+    tok, ids, pools = setup
+    sources = load_layout()
+    for stage, mixture in tmm.STAGE_MIXTURES.items():
+        assert set(mixture) <= set(sources), stage  # the sample set covers every dataset of every stage
+        instances = ip.instance_dataset(mixture, pools, sources, seed=0)
+        batch = next(iter(ip.batched_examples(instances, tok, ids, ip.PipelineConfig(max_length=256, batch_size=8))))
+        assert batch["attention_mask"].any(axis=1).all()
+        if stage != "stage1":
+            assert (batch["mprompt_positions"] >= 0).any()
