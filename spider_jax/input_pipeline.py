@@ -2,11 +2,13 @@
 
 Each example is a fixed-size dict of numpy arrays (so batches go straight into a jitted step):
 
-* ``input_ids``, ``attention_mask``, ``labels`` (L,): labels are ``IGNORE_INDEX`` on the question;
-* ``input_positions``, ``input_modality``, ``input_key`` (max_inputs,): where the ``<X-Token>`` slot of each input
-  medium sits (its projected encoder embedding replaces that token), which modality, and a stable 63-bit key of
-  the media path (to look up precomputed encoder embeddings); -1 / 0 where unused;
-* ``mprompt_positions``, ``mprompt_modality``, ``tprompt_key`` (max_groups,): the position of the first M-Prompt
+* ``input_ids``, ``attention_mask``, ``labels`` (L,): labels are ``IGNORE_INDEX`` on the question and padding;
+* ``segment_ids``, ``positions`` (L,): which instance each token belongs to (1, 2, … ; 0 = padding) and its
+  position inside that instance — one instance per row unless ``PipelineConfig.packing``;
+* ``input_positions``, ``input_modality``, ``input_key`` (max_inputs, per row): where the ``<X-Token>`` slot of
+  each input medium sits (its projected encoder embedding replaces that token), which modality, and a stable
+  63-bit key of the media path (to look up precomputed encoder embeddings); -1 / 0 where unused;
+* ``mprompt_positions``, ``mprompt_modality``, ``tprompt_key`` (max_groups, per row): the position of the first M-Prompt
   token of each answer group (its hidden state feeds the Decoders-Controller), its modality, and a key of the
   group's T-Prompt text (to look up the decoder text encoder's T_e); -1 / 0 where unused.
 
@@ -24,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
+import grain.experimental
 import numpy as np
 
 from spider_jax import template as tpl
@@ -51,6 +54,8 @@ class PipelineConfig:
     batch_size: int = 4  # per host
     seed: int = 0
     add_bos: bool = True
+    packing: bool = False  # several instances per row (segment-masked attention) instead of one + padding
+    packing_bins: int = 8  # rows the first-fit packer keeps open; more bins, less padding
     template: tpl.TemplateConfig = tpl.DEFAULT
 
 
@@ -74,10 +79,15 @@ class EncodingError(ValueError):
     """An instance cannot be encoded (e.g. more inputs than slots); names the instance."""
 
 
-def encode_instance(
+def encode_tokens(
     instance: tmm.Instance | Mapping[str, Any], tokenizer: Tokenizer, ids: TemplateIds, config: PipelineConfig
 ) -> dict[str, np.ndarray]:
-    """Tokenizes one question/answer pair into the fixed-size example described in the module docstring."""
+    """Variable-length, per-token encoding (cut at ``max_length``): the unit that padding and packing share.
+
+    Slot and M-Prompt annotations live on their token (modality code / key there, 0 elsewhere), so packing
+    several instances into one row moves them along with their tokens; ``fixed_slots`` turns them into the
+    fixed-size position arrays afterwards.
+    """
     if isinstance(instance, Mapping):
         instance = tmm.instance_from_json(instance)
     question = tokenizer.encode(instance.question, add_bos=config.add_bos)
@@ -85,21 +95,15 @@ def encode_instance(
     tokens = np.asarray(question + answer, np.int32)
     labels = tokens.copy()
     labels[: len(question)] = IGNORE_INDEX
-    length = min(len(tokens), config.max_length)  # overlong answers are cut; groups past the cut are dropped
-    example = {
-        "input_ids": np.full(config.max_length, tokenizer.pad_id, np.int32),
-        "attention_mask": np.zeros(config.max_length, bool),
-        "labels": np.full(config.max_length, IGNORE_INDEX, np.int32),
-        "input_positions": np.full(config.max_inputs, -1, np.int32),
-        "input_modality": np.zeros(config.max_inputs, np.int32),
-        "input_key": np.zeros(config.max_inputs, np.int64),
-        "mprompt_positions": np.full(config.max_groups, -1, np.int32),
-        "mprompt_modality": np.zeros(config.max_groups, np.int32),
-        "tprompt_key": np.zeros(config.max_groups, np.int64),
+    n = len(tokens)
+    per_token = {
+        "input_ids": tokens,
+        "labels": labels,
+        "input_modality": np.zeros(n, np.int32),
+        "input_key": np.zeros(n, np.int64),
+        "mprompt_modality": np.zeros(n, np.int32),
+        "tprompt_key": np.zeros(n, np.int64),
     }
-    example["input_ids"][:length] = tokens[:length]
-    example["attention_mask"][:length] = True
-    example["labels"][:length] = labels[:length]
 
     slot_positions = [i for i, t in enumerate(question) if t in ids.slot_to_modality]
     if len(slot_positions) != len(instance.inputs):
@@ -111,12 +115,9 @@ def encode_instance(
         raise EncodingError(
             f"instance {instance.sample_ids}: {len(slot_positions)} inputs > max_inputs {config.max_inputs}"
         )
-    for k, (pos, (modality, path)) in enumerate(zip(slot_positions, instance.inputs, strict=True)):
-        if pos >= length:
-            break
-        example["input_positions"][k] = pos
-        example["input_modality"][k] = modality_code(modality)
-        example["input_key"][k] = stable_key(path)
+    for pos, (modality, path) in zip(slot_positions, instance.inputs, strict=True):
+        per_token["input_modality"][pos] = modality_code(modality)
+        per_token["input_key"][pos] = stable_key(path)
 
     groups = tpl.parse_answer(instance.answer, config.template).groups
     first_mprompts = []
@@ -133,13 +134,58 @@ def encode_instance(
         )
     if len(groups) > config.max_groups:
         raise EncodingError(f"instance {instance.sample_ids}: {len(groups)} groups > max_groups {config.max_groups}")
-    for k, ((pos, modality), group) in enumerate(zip(first_mprompts, groups, strict=True)):
-        if pos >= length:
-            break
-        example["mprompt_positions"][k] = pos
-        example["mprompt_modality"][k] = modality_code(modality)
-        example["tprompt_key"][k] = stable_key(group.t_prompt)
+    for (pos, modality), group in zip(first_mprompts, groups, strict=True):
+        per_token["mprompt_modality"][pos] = modality_code(modality)
+        per_token["tprompt_key"][pos] = stable_key(group.t_prompt)
+    # Overlong answers are cut; inputs and groups past the cut are dropped with their tokens.
+    return {k: v[: config.max_length] for k, v in per_token.items()}
+
+
+def fixed_slots(row: Mapping[str, np.ndarray], config: PipelineConfig) -> dict[str, np.ndarray]:
+    """A padded or packed row of per-token arrays -> the fixed-size example of the module docstring."""
+    segment_ids = np.asarray(row["segment_ids"], np.int32)
+    example = {
+        "input_ids": np.asarray(row["input_ids"], np.int32),
+        "labels": np.where(segment_ids > 0, row["labels"], IGNORE_INDEX).astype(np.int32),
+        "attention_mask": segment_ids > 0,
+        "segment_ids": segment_ids,
+        "positions": np.asarray(row["positions"], np.int32),
+    }
+    for prefix, code, key, capacity, what in (
+        ("input", "input_modality", "input_key", config.max_inputs, "max_inputs"),
+        ("mprompt", "mprompt_modality", "tprompt_key", config.max_groups, "max_groups"),
+    ):
+        (where,) = np.nonzero(row[code])
+        if len(where) > capacity:
+            raise EncodingError(f"a packed row holds {len(where)} {prefix} slots > {what} {capacity}; raise {what}")
+        positions = np.full(capacity, -1, np.int32)
+        positions[: len(where)] = where
+        codes = np.zeros(capacity, np.int32)
+        codes[: len(where)] = row[code][where]
+        keys = np.zeros(capacity, np.int64)
+        keys[: len(where)] = row[key][where]
+        example[f"{prefix}_positions"], example[code], example[key] = positions, codes, keys
     return example
+
+
+def pad_tokens(per_token: Mapping[str, np.ndarray], config: PipelineConfig, pad_id: int) -> dict[str, np.ndarray]:
+    """One instance per row, right-padded to ``max_length`` (segment 1, positions 0..n-1)."""
+    n = len(per_token["input_ids"])
+    row = {}
+    for name, values in per_token.items():
+        fill = pad_id if name == "input_ids" else IGNORE_INDEX if name == "labels" else 0
+        row[name] = np.full(config.max_length, fill, values.dtype)
+        row[name][:n] = values
+    row["segment_ids"] = (np.arange(config.max_length) < n).astype(np.int32)
+    row["positions"] = np.where(row["segment_ids"] > 0, np.arange(config.max_length), 0).astype(np.int32)
+    return row
+
+
+def encode_instance(
+    instance: tmm.Instance | Mapping[str, Any], tokenizer: Tokenizer, ids: TemplateIds, config: PipelineConfig
+) -> dict[str, np.ndarray]:
+    """Tokenizes one question/answer pair into the fixed-size (padded, unpacked) example."""
+    return fixed_slots(pad_tokens(encode_tokens(instance, tokenizer, ids, config), config, tokenizer.pad_id), config)
 
 
 # --------------------------------------------------------------------------------------- datasets
@@ -174,10 +220,36 @@ def batched_examples(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
-    """This host's slice of the stream, encoded and batched (drop remainder); iterate and checkpoint its state."""
+    """This host's slice of the stream, encoded and batched (drop remainder); iterate and checkpoint its state.
+
+    With ``config.packing`` several instances share a row (first-fit over ``packing_bins`` open rows, grain's
+    checkpointable packer); ``segment_ids``/``positions`` then keep attention and RoPE inside each instance.
+    """
     ds = instances[process_index::process_count] if process_count > 1 else instances
-    ds = ds.map(lambda inst: encode_instance(inst, tokenizer, ids, config))
-    return ds.batch(config.batch_size, drop_remainder=True).to_iter_dataset()
+    ds = ds.map(lambda inst: encode_tokens(inst, tokenizer, ids, config))
+    if not config.packing:  # random access all the way: to_iter_dataset() then prefetches batches on threads
+        rows = ds.map(lambda t: fixed_slots(pad_tokens(t, config, tokenizer.pad_id), config))
+        return rows.batch(config.batch_size, drop_remainder=True).to_iter_dataset()
+    else:
+        lengths = dict.fromkeys(PER_TOKEN_FEATURES, config.max_length)
+        packed = grain.experimental.FirstFitPackIterDataset(
+            ds.to_iter_dataset(),
+            length_struct=lengths,
+            num_packing_bins=config.packing_bins,
+            shuffle_bins=False,
+        )
+        rows = packed.map(_from_grain_packing)
+    return rows.map(lambda row: fixed_slots(row, config)).batch(config.batch_size, drop_remainder=True)
+
+
+PER_TOKEN_FEATURES = ("input_ids", "labels", "input_modality", "input_key", "mprompt_modality", "tprompt_key")
+
+
+def _from_grain_packing(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    row = {name: packed[name] for name in PER_TOKEN_FEATURES}
+    row["segment_ids"] = packed["input_ids_segment_ids"]
+    row["positions"] = packed["input_ids_positions"]
+    return row
 
 
 def iterator_state(iterator: Iterator) -> dict[str, Any]:

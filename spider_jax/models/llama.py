@@ -277,6 +277,7 @@ class LlamaModel(nn.Module):
         inputs_embeds=None,
         deterministic: bool = True,
         decode: bool = False,
+        segment_ids=None,
     ):
         cfg = self.config
         dtype, pdtype = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
@@ -302,7 +303,11 @@ class LlamaModel(nn.Module):
             mask, cache_index, position_ids = self._decode_mask(attention_mask, position_ids, length)
         else:
             causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
-            mask = causal[None, None] & attention_mask[:, None, None, :]
+            if segment_ids is None:
+                mask = causal[None, None] & attention_mask[:, None, None, :]
+            else:  # packed rows: a token sees only earlier tokens of its own segment (padding = segment 0)
+                same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+                mask = causal[None, None] & same
             if position_ids is None:
                 position_ids = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         cos, sin = rope_cos_sin(cfg, position_ids)
@@ -362,10 +367,13 @@ class LlamaForCausalLM(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         return_hidden: bool = False,
+        segment_ids=None,
     ):
+        """``segment_ids`` (B, L; 0 = padding) marks packed rows: attention stays inside each segment, and
+        ``position_ids`` should restart at every segment (the input pipeline provides both)."""
         cfg = self.config
         hidden, embedding = LlamaModel(cfg, name="model")(
-            input_ids, attention_mask, position_ids, inputs_embeds, deterministic, decode
+            input_ids, attention_mask, position_ids, inputs_embeds, deterministic, decode, segment_ids
         )
         if cfg.tie_word_embeddings:
             logits = jnp.dot(hidden, embedding.astype(hidden.dtype).T)
