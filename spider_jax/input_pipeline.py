@@ -10,7 +10,9 @@ Each example is a fixed-size dict of numpy arrays (so batches go straight into a
   63-bit key of the media path (to look up precomputed encoder embeddings); -1 / 0 where unused;
 * ``mprompt_positions``, ``mprompt_modality``, ``tprompt_key`` (max_groups, per row): the position of the first M-Prompt
   token of each answer group (its hidden state feeds the Decoders-Controller), its modality, and a key of the
-  group's T-Prompt text (to look up the decoder text encoder's T_e); -1 / 0 where unused.
+  group's T-Prompt text (to look up the decoder text encoder's T_e); -1 / 0 where unused;
+* ``target_key`` (max_groups, per row): key of the media file the group should produce (its encoder embedding
+  E^X is the M-Reconstruction target); 0 where unknown.
 
 Modalities are coded by their index in ``template.MODALITIES`` plus one (0 = none). Instance ``i`` is a pure
 function of ``(seed, i)``, so the grain iterator state (just the next index) makes resume exact, and each host
@@ -103,6 +105,7 @@ def encode_tokens(
         "input_key": np.zeros(n, np.int64),
         "mprompt_modality": np.zeros(n, np.int32),
         "tprompt_key": np.zeros(n, np.int64),
+        "target_key": np.zeros(n, np.int64),
     }
 
     slot_positions = [i for i, t in enumerate(question) if t in ids.slot_to_modality]
@@ -134,9 +137,11 @@ def encode_tokens(
         )
     if len(groups) > config.max_groups:
         raise EncodingError(f"instance {instance.sample_ids}: {len(groups)} groups > max_groups {config.max_groups}")
-    for (pos, modality), group in zip(first_mprompts, groups, strict=True):
+    outputs = instance.outputs if len(instance.outputs) == len(groups) else ("",) * len(groups)
+    for (pos, modality), group, target in zip(first_mprompts, groups, outputs, strict=True):
         per_token["mprompt_modality"][pos] = modality_code(modality)
         per_token["tprompt_key"][pos] = stable_key(group.t_prompt)
+        per_token["target_key"][pos] = stable_key(target) if target else 0
     # Overlong answers are cut; inputs and groups past the cut are dropped with their tokens.
     return {k: v[: config.max_length] for k, v in per_token.items()}
 
@@ -165,6 +170,10 @@ def fixed_slots(row: Mapping[str, np.ndarray], config: PipelineConfig) -> dict[s
         keys = np.zeros(capacity, np.int64)
         keys[: len(where)] = row[key][where]
         example[f"{prefix}_positions"], example[code], example[key] = positions, codes, keys
+        if prefix == "mprompt":
+            targets = np.zeros(capacity, np.int64)
+            targets[: len(where)] = row["target_key"][where]
+            example["target_key"] = targets
     return example
 
 
@@ -242,7 +251,15 @@ def batched_examples(
     return rows.map(lambda row: fixed_slots(row, config)).batch(config.batch_size, drop_remainder=True)
 
 
-PER_TOKEN_FEATURES = ("input_ids", "labels", "input_modality", "input_key", "mprompt_modality", "tprompt_key")
+PER_TOKEN_FEATURES = (
+    "input_ids",
+    "labels",
+    "input_modality",
+    "input_key",
+    "mprompt_modality",
+    "tprompt_key",
+    "target_key",
+)
 
 
 def _from_grain_packing(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -36,6 +36,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("lora_rank", None),
     ("experts", None),
     ("queries", None),
+    ("encoder_embed", None),  # ImageBind width (1024) feeding the encoder projectors
+    ("ctrl_embed", None),  # Decoders-Controller width (small: replicate, shard its mlp/heads instead)
+    ("decoder_embed", None),  # decoder text-encoder width (768 / 1024 / 512)
     # activations
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),

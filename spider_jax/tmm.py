@@ -148,6 +148,9 @@ class Instance:
     targets: tuple[str, ...]  # output modality groups in the answer, in order
     dataset: str
     sample_ids: tuple[str, ...] = ()
+    # Per answer group, the media file the group should produce ("" if unknown, e.g. travel guides): the
+    # M-Reconstruction target E^X is that file's encoder embedding.
+    outputs: tuple[str, ...] = ()
 
 
 def _sentence(text: str) -> str:
@@ -192,7 +195,7 @@ def build_single(
         answer = tpl.format_answer([], _sentence(sample.text), opts.template)
     else:
         answer = tpl.format_answer(_groups(targets, sample.text, lead), "", opts.template)
-    return Instance(question, answer, inputs, targets, dataset, (sample.sample_id,))
+    return Instance(question, answer, inputs, targets, dataset, (sample.sample_id,), _media_for(sample, targets))
 
 
 def build_smart(
@@ -200,16 +203,17 @@ def build_smart(
 ) -> Instance:
     """SmMI: several samples, each with its own template fragment, concatenated into one request."""
     chosen = _choose(samples, rng, opts.max_concat)
-    questions, groups, targets = [], [], []
+    questions, groups, targets, outputs = [], [], [], []
     for sample in chosen:
         template = pool.templates[rng.integers(len(pool.templates))]
         sample_targets = pool.targets(template)
         questions.append(_sentence(pool.render(template, sample.text)))
         groups += _groups(sample_targets, sample.text, _sentence(sample.text))
         targets += sample_targets
+        outputs += _media_for(sample, sample_targets)
     question = tpl.format_question(" ".join(questions), pool.task, (), opts.template)
     answer = tpl.format_answer(groups, "", opts.template)
-    return Instance(question, answer, (), tuple(targets), pool.name, tuple(s.sample_id for s in chosen))
+    return Instance(question, answer, (), tuple(targets), pool.name, tuple(s.sample_id for s in chosen), tuple(outputs))
 
 
 def build_specific(
@@ -217,7 +221,7 @@ def build_specific(
 ) -> Instance:
     """SpMI: the user writes the groups themselves (``<IMAGE> cap </IMAGE>``); the answer fills in M-Prompts."""
     chosen = _choose(samples, rng, opts.max_concat)
-    requests, groups = [], []
+    requests, groups, outputs = [], [], []
     cfg = opts.template
     for sample in chosen:
         k = int(rng.integers(1, len(GENERATED) + 1))
@@ -225,11 +229,18 @@ def build_specific(
             caption = sample.text.strip().rstrip(".")
             requests.append(f"{cfg.begin(modality)} {caption} {cfg.end(modality)}")
             groups.append(tpl.Group(str(modality), caption, "." if groups else ""))
+            outputs += _media_for(sample, [str(modality)])
     template = pool.templates[rng.integers(len(pool.templates))]
     question = tpl.format_question(pool.render(template, " ".join(requests)), pool.task, (), cfg)
     answer = tpl.format_answer(groups, "", cfg)
     return Instance(
-        question, answer, (), tuple(g.modality for g in groups), pool.name, tuple(s.sample_id for s in chosen)
+        question,
+        answer,
+        (),
+        tuple(g.modality for g in groups),
+        pool.name,
+        tuple(s.sample_id for s in chosen),
+        tuple(outputs),
     )
 
 
@@ -250,7 +261,14 @@ def build_travel_guide(
     trailing = " ".join(p for p in (*pending, parsed.trailing_text) if p)
     question = tpl.format_question(pool.render(template, record.text), pool.task, (), opts.template)
     answer = tpl.format_answer(groups, trailing, opts.template)
-    return Instance(question, answer, (), tuple(g.modality for g in groups), pool.name, (record.sample_id,))
+    targets = tuple(g.modality for g in groups)
+    return Instance(question, answer, (), targets, pool.name, (record.sample_id,), ("",) * len(targets))
+
+
+def _media_for(sample: Sample, targets: Sequence[str]) -> tuple[str, ...]:
+    """The sample's file of each target modality ("" where it has none; boxes/masks target the input image)."""
+    by_modality = dict(reversed(sample.media))  # first file of each modality wins
+    return tuple(by_modality.get(m, "") if m in GENERATED else "" for m in targets)
 
 
 def _choose(samples: Sequence[Sample], rng: np.random.Generator, max_concat: int) -> list[Sample]:
@@ -326,4 +344,5 @@ def instance_from_json(record: Mapping[str, Any]) -> Instance:
         targets=tuple(record.get("targets", ())),
         dataset=record.get("dataset", ""),
         sample_ids=tuple(record.get("sample_ids", ())),
+        outputs=tuple(record.get("outputs", ())),
     )

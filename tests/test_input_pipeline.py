@@ -45,7 +45,7 @@ def test_example_fields_point_at_the_right_tokens(setup):
     tok, ids, pools = setup
     config = ip.PipelineConfig(max_length=128, batch_size=2)
     instances = ip.instance_dataset(STAGE1, pools, _sources(), seed=3)
-    seen_inputs = seen_groups = 0
+    seen_inputs = seen_groups = seen_targets = 0
     for index in range(40):
         inst = instances[index]
         ex = ip.encode_instance(inst, tok, ids, config)
@@ -67,9 +67,15 @@ def test_example_fields_point_at_the_right_tokens(setup):
             assert tok.decode([ex["input_ids"][pos]]) == f"[{group.modality}0]"
             assert ex["mprompt_modality"][k] == ip.modality_code(group.modality)
             assert ex["tprompt_key"][k] == ip.stable_key(group.t_prompt)
+            target = inst.outputs[k]
+            assert ex["target_key"][k] == (ip.stable_key(target) if target else 0)
+            if inst.dataset.startswith("t2"):  # caption datasets: the group targets the sample's own file
+                sample = next(x for x in _sources()[inst.dataset] if x.sample_id == inst.sample_ids[0])
+                assert target == dict(sample.media)[group.modality]
+                seen_targets += 1
             seen_groups += 1
         assert (ex["mprompt_positions"][len(groups) :] == -1).all()
-    assert seen_inputs > 5 and seen_groups > 5
+    assert seen_inputs > 5 and seen_groups > 5 and seen_targets > 3
 
 
 def test_truncation_drops_what_does_not_fit(setup):
