@@ -20,9 +20,14 @@ def main(argv):
     if cfg.get("cpu_devices"):
         jax.config.update("jax_num_cpu_devices", int(cfg.cpu_devices))  # only affects the CPU backend
     logging.set_verbosity(logging.WARNING)  # our own progress lines; orbax/clu INFO chatter off
-    from spider_jax import lm_finetune
+    if cfg.get("job", "lm") == "spider":
+        from spider_jax import spider_train
 
-    summary = lm_finetune.evaluate(cfg) if _EVAL_ONLY.value else lm_finetune.run(cfg)
+        summary = spider_train.evaluate(cfg) if _EVAL_ONLY.value else spider_train.run(cfg)
+    else:
+        from spider_jax import lm_finetune
+
+        summary = lm_finetune.evaluate(cfg) if _EVAL_ONLY.value else lm_finetune.run(cfg)
     print("\n== summary ==")
     print(json.dumps(summary, indent=2, default=str))
 

@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)  # configs/ is a folder of the repository, not of the i
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import tiny  # noqa: E402
+from configs import tiny_lm as tiny  # noqa: E402
 from spider_jax import input_pipeline as ip  # noqa: E402
 from spider_jax import tmm, trainer  # noqa: E402
 from spider_jax.data_text import read_lines  # noqa: E402

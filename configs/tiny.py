@@ -1,67 +1,59 @@
-"""Embedded tiny default: a 2-layer LLaMA on the bundled caption corpus, on 8 simulated CPU devices.
+"""Embedded tiny default: Spider's three training stages on the bundled samples, on 8 simulated CPU devices.
 
-Pretrains a tiny base (full parameters), exports it as an HF folder, reloads it and LoRA-fine-tunes it.
+What ``make demo`` runs. No real weights exist here, so the job makes every part it would otherwise load, in the
+formats a real run reads: a tiny LLaMA base (pretrained on the caption corpus, exported as an HF folder and
+loaded back through the converter), tiny random decoder text encoders saved as transformers folders (their
+outputs fill the T_e stores), and a media store (see ``spider_train.build_demo_stores``). Then stage 1 -> 2 -> 3,
+each resuming from its checkpoints, and a held-out check that the answers follow the template.
 
-Runs in well under a minute on a laptop CPU. Override anything from the command line, e.g.
-``python train.py --config configs/tiny.py --config.train.steps=50 --config.mesh.tensor=1``.
-Point ``base_model`` at a local HF LLaMA folder (and ``tokenizer`` at its tokenizer) for a real model.
+Override anything: ``python train.py --config configs/tiny.py --config.stages.stage1.steps=20``.
 """
 
-import ml_collections
+from configs import spider_base
+from configs.tiny_lm import ALL_PROJECTIONS
 
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+def get_config():
+    c = spider_base.spider_config()
     c.output_dir = "runs/tiny"
-    c.cpu_devices = 8  # simulated devices when running on CPU (ignored on GPU/TPU)
-    c.base_model = ""  # local HF LLaMA folder; empty = random base with the shape below
-    c.tokenizer = ""  # tokenizer.model / folder; empty = train a sentencepiece model on the corpus
-    c.tokenizer_vocab_size = 320
-
-    c.model = ml_collections.ConfigDict(
+    c.cpu_devices = 8
+    c.model.update(
         dict(
+            vocab_size=0,  # from the tokenizer
             hidden_size=64,
             intermediate_size=172,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=256,
+            max_position_embeddings=512,
             dtype="float32",
             param_dtype="float32",
             scan_layers=True,
             remat_policy="none",
         )
     )
-    c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, dropout=0.05, targets=ALL_PROJECTIONS))
-
-    c.data = ml_collections.ConfigDict(
-        dict(corpus="data/tiny_captions.txt", heldout_fraction=0.1, seq_len=64, batch_size=8)  # global batch
+    c.lora.update(dict(rank=8, alpha=16.0, dropout=0.0, targets=ALL_PROJECTIONS))
+    c.encoder_width = 32
+    c.controller.update(
+        dict(width=32, num_layers=1, num_heads=2, mlp_dim=64, router_hidden=64, reconstruction_width=32)
     )
-    # Only used when base_model is empty: full-parameter training of the random base, exported as an HF folder
-    # that the LoRA phase then loads through the converter (no real LLaMA can be downloaded here).
-    c.pretrain = ml_collections.ConfigDict(
-        dict(
-            steps=300,
-            optim=dict(learning_rate=3e-3, warmup_steps=20, weight_decay=1e-3, grad_clip_norm=1.0, b1=0.9, b2=0.999),
-        )
-    )
-    # LoRA phase
-    c.optim = ml_collections.ConfigDict(
-        dict(learning_rate=2e-3, warmup_steps=10, weight_decay=1e-3, grad_clip_norm=1.0, b1=0.9, b2=0.999)
-    )
-    c.train = ml_collections.ConfigDict(
-        dict(
-            steps=150,
-            log_every=25,
-            checkpoint_every=50,
-            keep_checkpoints=2,
-            sample_prompt="A dog",
-            sample_tokens=24,
-            export_merged=True,
-        )
-    )
-    c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2))
+    c.controller.outputs.IMAGE.update(dict(width=32, text_length=16))
+    c.controller.outputs.VIDEO.update(dict(width=48, text_length=16))
+    c.controller.outputs.AUDIO.update(dict(width=24, text_length=1))
+    c.data.update(dict(max_length=256, batch_size=16, max_groups=16, groups_per_modality=6))
+    # The tiny base LLaMA, pretrained on the caption corpus (as lm_finetune.pretrain_base).
+    c.data.corpus = "data/tiny_captions.txt"
+    c.data.heldout_fraction = 0.1
+    c.data.seq_len = 64
+    c.pretrain = dict(steps=300, optim=spider_base.optim(3e-3, 20).to_dict())
+    c.demo_stores = True  # build T_e / E stores with tiny random encoders when c.stores are empty
+    c.stages.stage1.update(dict(steps=250))
+    c.stages.stage1.optim.update(dict(learning_rate=3e-3, warmup_steps=20))
+    c.stages.stage2.update(dict(steps=100))
+    c.stages.stage2.optim.update(dict(learning_rate=2e-3, warmup_steps=10))
+    c.stages.stage3.update(dict(steps=250))
+    c.stages.stage3.optim.update(dict(learning_rate=2e-3, warmup_steps=10))
+    c.train.update(dict(log_every=25, checkpoint_every=50, keep_checkpoints=2))
+    c.eval.update(dict(questions=40, max_new_tokens=96, batch_size=8))
+    c.mesh.update(dict(data=2, fsdp=2, tensor=2))
     return c

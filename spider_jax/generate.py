@@ -40,8 +40,12 @@ def greedy_generate(
     max_new_tokens: int,
     eos_id: int | jax.Array = -1,
     pad_id: int | jax.Array = 0,
+    prompt_embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Greedy continuation of left-padded prompts.
+
+    ``prompt_embeds`` (B, L, D), when given, replaces the prompt's token embeddings (Spider splices projected
+    media embeddings into the prompt); ``prompt_ids`` then only fixes the shape.
 
     Returns ``(tokens, lengths)``: ``tokens`` (B, max_new_tokens) with positions after EOS set to ``pad_id``,
     and the number of generated tokens per row (EOS included).
@@ -53,7 +57,8 @@ def greedy_generate(
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     logits, mutated = model.apply(
         {**variables, "cache": cache},
-        prompt_ids,
+        prompt_ids if prompt_embeds is None else None,
+        inputs_embeds=prompt_embeds,
         attention_mask=prompt_mask,
         position_ids=positions,
         decode=True,

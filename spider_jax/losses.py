@@ -20,11 +20,12 @@ __all__ = ["cosine_distance", "masked_mean", "m_alignment", "m_reconstruction", 
 
 
 def cosine_distance(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """``1 − cos(a, b)`` over the last axis, in fp32."""
+    """``1 − cos(a, b)`` over the last axis, in fp32. Norms are floored inside the square root, so all-zero
+    vectors (unused group slots, embeddings not in a store) give finite values *and* finite gradients."""
     a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-    dot = jnp.sum(a * b, axis=-1)
-    norms = jnp.sqrt(jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1))
-    return 1.0 - dot / jnp.maximum(norms, eps)
+    norm_a = jnp.sqrt(jnp.maximum(jnp.sum(a * a, axis=-1), eps * eps))
+    norm_b = jnp.sqrt(jnp.maximum(jnp.sum(b * b, axis=-1), eps * eps))
+    return 1.0 - jnp.sum(a * b, axis=-1) / (norm_a * norm_b)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import tiny
+from configs import tiny_lm as tiny
 from spider_jax import lm_finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,7 @@ def test_train_and_eval_entry_points(tmp_path):
 
     def run(script):
         out = subprocess.run(
-            [sys.executable, script, "--config=configs/tiny.py", *common],
+            [sys.executable, script, "--config=configs/tiny_lm.py", *common],
             cwd=ROOT,
             env={**os.environ, "XLA_FLAGS": ""},
             capture_output=True,

@@ -195,6 +195,21 @@ def test_gradients_reach_exactly_the_stage_trainables(stage):
         assert all(moved), f"{group}: {moved.count(False)} of {len(moved)} leaves got no update"
 
 
+def test_empty_group_slots_and_missing_embeddings_keep_gradients_finite():
+    """Unused slots and store misses arrive as all-zero T_e / targets; 1 − cos must not NaN their gradients."""
+    cfg = tiny_spider_config()
+    variables = _variables(cfg)
+    batch = random_batch()
+    for x in ("image", "audio"):
+        unused = batch[f"{x}_positions"] < 0
+        batch[f"{x}_te"][unused] = 0.0
+        batch[f"{x}_target"][unused] = 0.0
+    batch["audio_te"][:, 0] = 0.0  # a store miss on a real group
+    batch["audio_te_found"][:, 0] = False
+    grads = jax.grad(lambda v: spider_loss(cfg, v, batch)[0])(variables)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
 def test_split_groups_rejects_typos():
     with pytest.raises(ValueError, match="controler"):
         split_groups({"llm": {}}, ["controler"])

@@ -121,6 +121,26 @@ def with_new_token_rows(cfg: SpiderConfig, llm: Mapping[str, Any], new_tokens: M
     return out
 
 
+def llm_variables(cfg: SpiderConfig, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Flax variables of the LLM alone (base + trained token rows + LoRA), e.g. for KV-cache decoding."""
+    out = {"params": with_new_token_rows(cfg, variables["llm"], variables["new_tokens"])}
+    if variables.get("lora"):
+        out[LORA_COLLECTION] = variables["lora"]
+    return out
+
+
+def input_embeddings(cfg: SpiderConfig, variables: Mapping[str, Any], batch: Mapping[str, jax.Array]) -> jax.Array:
+    """Token embeddings with the projected encoder embeddings spliced in at the ``<E^X>`` slots (B, L, D)."""
+    llm_vars = llm_variables(cfg, variables)
+    token_embeddings = LlamaForCausalLM(cfg.llm).apply(llm_vars, batch["input_ids"], method=LlamaForCausalLM.embed)
+    if "input_embeddings" not in batch:
+        return token_embeddings
+    projected = EncoderProjectors(cfg.llm.hidden_size, cfg.shared_projector, cfg.llm.dtype).apply(
+        {"params": variables["projectors"]}, batch["input_embeddings"], batch["input_modality"]
+    )
+    return splice(token_embeddings, batch["input_positions"], projected)
+
+
 def spider_forward(
     cfg: SpiderConfig,
     variables: Mapping[str, Any],
@@ -130,18 +150,8 @@ def spider_forward(
 ) -> dict[str, Any]:
     """Logits (B, L, V) and, per output modality, the controller outputs for the batch's M-Prompt groups."""
     llm_model = LlamaForCausalLM(cfg.llm)
-    llm_params = with_new_token_rows(cfg, variables["llm"], variables["new_tokens"])
-    llm_vars = {"params": llm_params}
-    if variables.get("lora"):
-        llm_vars[LORA_COLLECTION] = variables["lora"]
-    token_embeddings = llm_model.apply(llm_vars, batch["input_ids"], method=LlamaForCausalLM.embed)
-    if "input_embeddings" in batch:
-        projected = EncoderProjectors(cfg.llm.hidden_size, cfg.shared_projector, cfg.llm.dtype).apply(
-            {"params": variables["projectors"]}, batch["input_embeddings"], batch["input_modality"]
-        )
-        inputs_embeds = splice(token_embeddings, batch["input_positions"], projected)
-    else:
-        inputs_embeds = token_embeddings
+    llm_vars = llm_variables(cfg, variables)
+    inputs_embeds = input_embeddings(cfg, variables, batch)
     rngs = {"dropout": rng} if rng is not None and not deterministic else None
     logits, hidden = llm_model.apply(
         llm_vars,
