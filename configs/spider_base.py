@@ -112,6 +112,7 @@ def spider_config() -> ml_collections.ConfigDict:
             async_checkpoints=True,
             nonfinite="skip",  # skip | halt
             max_nonfinite_in_a_row=20,
+            metrics_file="",  # optional JSONL of every logged step's metrics (exact floats)
         )
     )
     c.stages = ml_collections.ConfigDict(

@@ -9,6 +9,7 @@ config) -> the next stage starts from the previous one's final variables. A kill
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -217,6 +218,9 @@ def run_stage(job: SpiderJob, name: str, variables: Mapping[str, Any]) -> tuple[
                     bad_in_a_row = 0
                 logged.append((done, scalars["loss"]))
                 writer.write_scalars(done, scalars)
+                if cfg.train.get("metrics_file") and jax.process_index() == 0:  # exact values, one JSON line a step
+                    with open(cfg.train.metrics_file, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"stage": name, "step": done, **scalars}) + "\n")
                 print(
                     f"[{name}] step {done:5d}/{stage.steps}  loss {scalars['loss']:.4f}  lm {scalars['lm_loss']:.4f}  "
                     f"align {scalars['alignment_loss']:.4f}  recon {scalars['reconstruction_loss']:.4f}  "
