@@ -10,16 +10,29 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config (ml_collections file).")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Skip training; evaluate the latest checkpoint.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "AOT-compile the first stage's train step for --topology and print per-chip memory."
+)
+_TOPOLOGY = flags.DEFINE_string("topology", "v5p:4x4x4", "TPU topology for --compile_only (needs libtpu).")
 
 
 def main(argv):
     del argv
+    cfg = _CONFIG.value
+    if (cfg.get("cpu_devices") or _COMPILE_ONLY.value) and "JAX_PLATFORMS" not in os.environ:
+        os.environ["JAX_PLATFORMS"] = "cpu"  # simulated CPU devices; libtpu (if installed) only compiles
     import jax
 
-    cfg = _CONFIG.value
     if cfg.get("cpu_devices"):
         jax.config.update("jax_num_cpu_devices", int(cfg.cpu_devices))  # only affects the CPU backend
     logging.set_verbosity(logging.WARNING)  # our own progress lines; orbax/clu INFO chatter off
+    if _COMPILE_ONLY.value:
+        from spider_jax import spider_train
+
+        report = spider_train.compile_for_topology(cfg, _TOPOLOGY.value)
+        print(report.pop("table"))
+        print(json.dumps(report, indent=2, default=str))
+        return
     if cfg.get("job", "lm") == "spider":
         from spider_jax import spider_train
 

@@ -286,6 +286,16 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return summary
 
 
+def evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Template following of the final checkpoint of the last stage in ``run_stages``."""
+    job = prepare(cfg)
+    last = stage_names(cfg)[-1]
+    variables = load_stage_variables(job, last, initial_variables(job))
+    from spider_jax import spider_eval
+
+    return {"stage": last, "template_following": spider_eval.template_following(job, variables)}
+
+
 def load_stage_variables(job: SpiderJob, name: str, like: Mapping[str, Any]) -> dict[str, Any]:
     """The final variables of an earlier stage, from its checkpoint directory."""
     cfg, stage = job.cfg, job.cfg.stages[name]
@@ -304,3 +314,67 @@ def load_stage_variables(job: SpiderJob, name: str, like: Mapping[str, Any]) -> 
     restored, _ = ckpt.restore(step, tree, jax.tree.map(lambda _: device, tree))
     ckpt.close()
     return {**like, **restored["frozen"], **restored["train"].trainable}
+
+
+def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str) -> dict[str, Any]:
+    """AOT-compiles the first run stage's sharded step for a TPU ``topology`` (e.g. ``v5p:4x4x4``) on any host,
+    at the config's shapes (no weights are read), and returns XLA's per-chip memory report."""
+    from spider_jax import aot
+    from spider_jax import template as tpl
+    from spider_jax.models.llama import LlamaConfig
+
+    model = {k: v for k, v in cfg.model.to_dict().items()}
+    base_vocab = model.pop("vocab_size") or cfg.tokenizer_vocab_size  # tiny configs size it by their tokenizer
+    vocab = base_vocab + len(tpl.DEFAULT.special_tokens())
+    llm = LlamaConfig(vocab_size=vocab, lora=LoraConfig.from_dict(cfg.lora.to_dict()), **model)
+    controller = ControllerConfig.from_dict({**cfg.controller.to_dict(), "llm_width": llm.hidden_size})
+    spider = SpiderConfig(llm, controller, base_vocab, cfg.encoder_width, cfg.shared_projector, cfg.add_input_embedding)
+    name = stage_names(cfg)[0]
+    stage = cfg.stages[name]
+    optimizer = lm_finetune.make_optimizer(stage.optim, stage.steps)
+    mesh = aot.topology_mesh(topology, {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})
+    boxed = jax.eval_shape(lambda: init_spider(spider, jax.random.PRNGKey(0)))
+    spec = spider_inputs.SpiderInputSpec(controller.outputs, cfg.data.groups_per_modality, cfg.encoder_width)
+    b, length, inputs = cfg.data.batch_size, cfg.data.max_length, cfg.data.max_inputs
+    shapes = {
+        "input_ids": ((length,), np.int32),
+        "labels": ((length,), np.int32),
+        "attention_mask": ((length,), np.bool_),
+        "segment_ids": ((length,), np.int32),
+        "positions": ((length,), np.int32),
+        "input_positions": ((inputs,), np.int32),
+        "input_modality": ((inputs,), np.int32),
+        **spec.example_shapes(inputs),
+    }
+    batch = {k: jax.ShapeDtypeStruct((b, *shape), dtype) for k, (shape, dtype) in shapes.items()}
+    step, shardings = build_sharded_spider_step(
+        spider, optimizer, mesh, boxed, list(stage.trainable), batch, stage.accumulation_steps
+    )
+    variables = nn.unbox(boxed)
+    state = jax.eval_shape(lambda v: init_stage_state(v, list(stage.trainable), optimizer)[0], variables)
+    frozen = {k: v for k, v in variables.items() if k not in stage.trainable}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+
+    def placed(tree, shard):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shard)
+
+    args = (
+        placed(state, shardings["state"]),
+        placed(frozen, shardings["frozen"]),
+        placed(batch, shardings["batch"]),
+        placed(rng, replicated),
+    )
+    t0 = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    report = aot.memory_report(compiled)
+    report.update(
+        topology=topology,
+        stage=name,
+        mesh=dict(mesh.shape),
+        global_batch=b,
+        max_length=length,
+        compile_seconds=round(time.perf_counter() - t0, 1),
+    )
+    report["table"] = aot.format_report(report)
+    return report

@@ -262,7 +262,11 @@ def test_sharded_step_matches_single_device():
     new_state, got = step(state, frozen, sharding_lib.place(batch, shardings["batch"]), jax.random.PRNGKey(0))
     for key in ("loss", "lm_loss", "alignment_loss", "reconstruction_loss"):
         np.testing.assert_allclose(float(got[key]), float(want[key]), atol=1e-5, err_msg=key)
-    lora_kernel = jax.tree.leaves(new_state.trainable["lora"])[0]
-    assert lora_kernel.sharding.mesh.shape == mesh.shape
+    described = sharding_lib.describe(shardings["frozen"])
+    assert described["llm/model/embed_tokens"] == "P('tensor', 'fsdp')"  # vocab, embed
+    assert "fsdp" in sharding_lib.describe(shardings["state"].trainable)["lora/model/layers_0/self_attn/q_proj/lora_a"]
+    assert new_state.trainable["projectors"]["image"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(
+        None, "fsdp"
+    )
     merged = merge_groups(new_state.trainable, frozen)
     assert set(merged) == set(GROUPS)

@@ -75,17 +75,39 @@ def _metrics(path):
         return {r["step"]: r for r in map(json.loads, f) if r}
 
 
-@pytest.mark.slow
-def test_kill_9_and_restart_reproduces_the_uninterrupted_losses(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    base_run = tmp_path / "base"
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A tiny HF LLaMA base (+ tokenizer) made by the LM job, shared by the training-job tests."""
+    base_run = tmp_path_factory.mktemp("base")
     subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "--config=configs/tiny_lm.py",
          f"--config.output_dir={base_run}", "--config.pretrain.steps=5", "--config.train.steps=1",
          "--config.train.export_merged=false"],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=600,
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=True, capture_output=True, timeout=600,
     )  # fmt: skip
-    base_dir = str(base_run / "base_hf")
+    return str(base_run / "base_hf")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, tiny_base):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    metrics = tmp_path / "m.jsonl"
+    proc = subprocess.Popen(_train_cmd(tmp_path / "run", tiny_base, metrics), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and max(_metrics(metrics), default=0) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "SIGTERM: checkpoint saved at step" in stderr, stderr[-2000:]
+    step = int(stderr.split("checkpoint saved at step ")[1].split()[0])
+    assert step < 8 and (tmp_path / "run" / "stage1" / "checkpoints" / str(step)).is_dir()
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_reproduces_the_uninterrupted_losses(tmp_path, tiny_base):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    base_dir = tiny_base
 
     reference = tmp_path / "reference.jsonl"
     done = subprocess.run(_train_cmd(tmp_path / "a", base_dir, reference), cwd=ROOT, env=env, capture_output=True,

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from spider_jax import losses
 from spider_jax.models.controller import ControllerConfig, DecodersController, init_controller
-from spider_jax.models.llama import LlamaConfig, LlamaForCausalLM, init_params
+from spider_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from spider_jax.models.lora import LORA_COLLECTION
 from spider_jax.models.projectors import EncoderProjectors, gather, splice
 
@@ -72,7 +72,8 @@ def init_spider(cfg: SpiderConfig, rng: jax.Array, llm_params: Mapping[str, Any]
     ``llm_params``: converted base weights (already resized to ``llm.vocab_size``); random when None.
     """
     keys = jax.random.split(rng, 4)
-    llm_vars = init_params(cfg.llm, keys[0], with_lora=cfg.llm.lora is not None)
+    # Boxed (not init_params' plain arrays): the logical names decide how the 7B base is sharded.
+    llm_vars = dict(jax.jit(LlamaForCausalLM(cfg.llm).init)(keys[0], jnp.zeros((1, 2), jnp.int32)))
     if llm_params is not None:
         llm_vars = dict(llm_vars)
         llm_vars["params"] = jax.tree.map(
