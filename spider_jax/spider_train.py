@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import grain
+import grain.experimental
 import jax
 import ml_collections
 import numpy as np
@@ -125,7 +127,16 @@ def stage_batches(job: SpiderJob, stage: ml_collections.ConfigDict, seed: int):
         ]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-    return iter(batches.map(attach))
+    # Prepare the next batches on a thread while the device runs the step (the state stays checkpointable).
+    prefetched = grain.experimental.ThreadPrefetchIterDataset(batches.map(attach), prefetch_buffer_size=2)
+    return iter(prefetched)
+
+
+def _close(iterator) -> None:
+    """Stops a prefetching iterator's thread now (not at interpreter exit, where grain's cleanup is noisy)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 class _Interrupt:
@@ -165,7 +176,9 @@ def run_stage(job: SpiderJob, name: str, variables: Mapping[str, Any]) -> tuple[
     boxed = jax.eval_shape(lambda: init_spider(job.spider, jax.random.PRNGKey(0)))
     seed = cfg.seed + 1000 * (list(cfg.stages.keys()).index(name) + 1)
     batches = stage_batches(job, stage, seed)
-    first = next(stage_batches(job, stage, seed))  # shapes only; the real iterator is untouched
+    probe = stage_batches(job, stage, seed)
+    first = next(probe)  # shapes only; the real iterator is untouched
+    _close(probe)
     step_fn, shardings = build_sharded_spider_step(
         job.spider, optimizer, mesh, boxed, list(stage.trainable), first, stage.accumulation_steps, "skip"
     )  # fmt: skip  (the step always skips a non-finite update; the loop decides whether to halt)
@@ -239,6 +252,7 @@ def run_stage(job: SpiderJob, name: str, variables: Mapping[str, Any]) -> tuple[
                     f"[{name}] SIGTERM: checkpoint saved at step {done} in {ckpt.directory}; rerun to resume"
                 )
     ckpt.close()
+    _close(batches)
     writer.flush()
     out = {**frozen, **state.trainable}
     summary = {
