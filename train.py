@@ -14,6 +14,10 @@ _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "AOT-compile the first stage's train step for --topology and print per-chip memory."
 )
 _TOPOLOGY = flags.DEFINE_string("topology", "v5p:4x4x4", "TPU topology for --compile_only (needs libtpu).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+_AUTO_DETECT = flags.DEFINE_bool("distributed", False, "Multi-host on TPU pods / SLURM: let JAX find the cluster.")
 
 
 def main(argv):
@@ -21,10 +25,12 @@ def main(argv):
     cfg = _CONFIG.value
     if (cfg.get("cpu_devices") or _COMPILE_ONLY.value) and "JAX_PLATFORMS" not in os.environ:
         os.environ["JAX_PLATFORMS"] = "cpu"  # simulated CPU devices; libtpu (if installed) only compiles
-    import jax
+    from spider_jax import distributed
 
-    if cfg.get("cpu_devices"):
-        jax.config.update("jax_num_cpu_devices", int(cfg.cpu_devices))  # only affects the CPU backend
+    # Before any backend use: join the other processes (if any); simulated CPU devices only affect the CPU backend.
+    distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, cfg.get("cpu_devices") or None, _AUTO_DETECT.value
+    )
     logging.set_verbosity(logging.WARNING)  # our own progress lines; orbax/clu INFO chatter off
     if _COMPILE_ONLY.value:
         from spider_jax import spider_train

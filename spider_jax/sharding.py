@@ -145,6 +145,17 @@ def place(tree: Any, shardings: Any) -> Any:
     return jax.tree_util.tree_map(one, tree, shardings)
 
 
+def place_local_batch(batch: Any, shardings: Any) -> Any:
+    """Puts each process's *own* rows of the global batch onto the mesh (the input pipeline gives every host a
+    disjoint slice); single-process it is ``device_put``. The global batch is the processes' rows concatenated
+    in process order — the mean losses do not depend on the row order."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch, shardings
+    )
+
+
 _ACTIVE_MESH: contextvars.ContextVar = contextvars.ContextVar("spider_jax_mesh", default=None)
 
 

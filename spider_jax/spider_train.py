@@ -215,7 +215,7 @@ def run_stage(job: SpiderJob, name: str, variables: Mapping[str, Any]) -> tuple[
     with _Interrupt() as interrupt:
         for step in range(start, stage.steps):
             host_batch = next(batches)
-            batch = sharding_lib.place(host_batch, shardings["batch"])
+            batch = sharding_lib.place_local_batch(host_batch, shardings["batch"])
             state, metrics = step_fn(state, frozen, batch, rng)
             done = step + 1
             progress(done)
@@ -296,7 +296,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         variables, summary[name] = run_stage(job, name, variables)
     from spider_jax import spider_eval
 
-    summary["template_following"] = spider_eval.template_following(job, variables)
+    if jax.process_count() == 1:
+        summary["template_following"] = spider_eval.template_following(job, variables)
+    else:  # decoding runs on one host's arrays; evaluate the checkpoint with eval.py in a single process
+        summary["template_following"] = "skipped on multi-host runs: run eval.py with this config"
     return summary
 
 

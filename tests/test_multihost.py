@@ -1,0 +1,87 @@
+"""Two local processes × 4 CPU devices (gloo collectives) train exactly like one process with 8 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import pytest
+from spider_fixtures import random_batch, tiny_spider_config
+
+from spider_jax import sharding as sharding_lib
+from spider_jax.models.spider import init_spider
+from spider_jax.spider_trainer import build_sharded_spider_step, init_stage_state
+from spider_jax.trainer import make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINABLE = ("projectors", "lora", "controller", "new_tokens")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _single_process_metrics(steps: int) -> list[dict]:
+    cfg = tiny_spider_config()
+    boxed = init_spider(cfg, jax.random.PRNGKey(0))
+    optimizer = make_optimizer(1e-2)
+    batch = random_batch(batch=8)
+    mesh = sharding_lib.create_mesh((2, 2, 2))
+    step, shardings = build_sharded_spider_step(cfg, optimizer, mesh, boxed, TRAINABLE, batch)
+    state, frozen = init_stage_state(nn.unbox(boxed), TRAINABLE, optimizer)
+    state = sharding_lib.place(state, shardings["state"])
+    frozen = sharding_lib.place(frozen, shardings["frozen"])
+    out = []
+    for _ in range(steps):
+        state, m = step(state, frozen, sharding_lib.place_local_batch(batch, shardings["batch"]), jax.random.PRNGKey(0))
+        out.append({k: float(v) for k, v in jax.device_get(m).items()})
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    steps, port, out = 3, _free_port(), str(tmp_path / "metrics.json")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # each worker sets its own device count
+    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "tests", "multihost_worker.py"),
+                f"--process_id={i}",
+                "--num_processes=2",
+                f"--port={port}",
+                f"--steps={steps}",
+                f"--out={out}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    logs = []
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=400)
+            logs.append(err)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for i, proc in enumerate(procs):
+        assert proc.returncode == 0, f"worker {i} failed:\n{logs[i][-3000:] if i < len(logs) else ''}"
+    results = [json.load(open(f"{out}.{i}")) for i in range(2)]
+    assert all(r["devices"] == 8 and r["processes"] == 2 for r in results)
+    want = _single_process_metrics(steps)
+    for result in results:
+        for step, (got, ref) in enumerate(zip(result["metrics"], want, strict=True)):
+            for key in ("loss", "lm_loss", "alignment_loss", "reconstruction_loss"):
+                assert abs(got[key] - ref[key]) <= 1e-5, (step, key, got[key], ref[key])
