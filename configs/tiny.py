@@ -17,6 +17,7 @@ def get_config():
     c = spider_base.spider_config()
     c.output_dir = "runs/tiny"
     c.cpu_devices = 8
+    c.tokenizer_vocab_size = 600  # trained on captions + instructions: "image", "audio", "video" get own pieces
     c.model.update(
         dict(
             vocab_size=0,  # from the tokenizer
@@ -40,7 +41,7 @@ def get_config():
     c.controller.outputs.IMAGE.update(dict(width=32, text_length=16))
     c.controller.outputs.VIDEO.update(dict(width=48, text_length=16))
     c.controller.outputs.AUDIO.update(dict(width=24, text_length=1))
-    c.data.update(dict(max_length=256, batch_size=16, max_groups=16, groups_per_modality=6))
+    c.data.update(dict(max_length=384, batch_size=16, max_groups=16, groups_per_modality=6))
     # The tiny base LLaMA, pretrained on the caption corpus (as lm_finetune.pretrain_base).
     c.data.corpus = "data/tiny_captions.txt"
     c.data.heldout_fraction = 0.1
@@ -51,9 +52,9 @@ def get_config():
     c.stages.stage1.optim.update(dict(learning_rate=3e-3, warmup_steps=20))
     c.stages.stage2.update(dict(steps=100))
     c.stages.stage2.optim.update(dict(learning_rate=2e-3, warmup_steps=10))
-    c.stages.stage3.update(dict(steps=250))
+    c.stages.stage3.update(dict(steps=400))
     c.stages.stage3.optim.update(dict(learning_rate=2e-3, warmup_steps=10))
     c.train.update(dict(log_every=25, checkpoint_every=50, keep_checkpoints=2))
-    c.eval.update(dict(questions=40, max_new_tokens=96, batch_size=8))
+    c.eval.update(dict(questions=40, max_new_tokens=200, batch_size=8))
     c.mesh.update(dict(data=2, fsdp=2, tensor=2))
     return c

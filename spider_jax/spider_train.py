@@ -58,9 +58,35 @@ def _base_model(cfg: ml_collections.ConfigDict) -> str:
         return cfg.base_model
     lm_cfg = ml_collections.ConfigDict(cfg.to_dict())  # the tiny demo pretrains its own base (lm_finetune)
     del lm_cfg.model["vocab_size"]
+    lm_cfg.data.corpus = base_corpus(cfg)
     lm_cfg.train.update(dict(sample_prompt="A dog", sample_tokens=12))
     base_dir, _ = lm_finetune.pretrain_base(lm_cfg)
     return base_dir
+
+
+def base_corpus(cfg: ml_collections.ConfigDict) -> str:
+    """The demo base's pretraining text: the captions plus every instruction template filled with captions.
+
+    A real LLaMA already knows the words of the instructions ("draw an image", "let me hear"); a base pretrained
+    on captions alone would meet them letter by letter (its tokenizer has no pieces for them) and could hardly
+    learn which modality a request names.
+    """
+    from spider_jax.data_text import read_lines
+
+    captions = read_lines(cfg.data.corpus)
+    rng = np.random.default_rng(cfg.seed)
+    lines = list(captions)
+    for pool in sorted(tmm.load_pools().values(), key=lambda p: p.name):
+        for template in pool.templates:
+            for _ in range(3):
+                caption = captions[int(rng.integers(len(captions)))].rstrip(".")
+                lines.append(pool.render(template, caption if "{}" in template else ""))
+    order = rng.permutation(len(lines))
+    path = os.path.join(cfg.output_dir, "base_corpus.txt")
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(" ".join(lines[i].split()) for i in order) + "\n")
+    return path
 
 
 def prepare(cfg: ml_collections.ConfigDict) -> SpiderJob:

@@ -85,3 +85,19 @@ def test_two_processes_match_one(tmp_path):
         for step, (got, ref) in enumerate(zip(result["metrics"], want, strict=True)):
             for key in ("loss", "lm_loss", "alignment_loss", "reconstruction_loss"):
                 assert abs(got[key] - ref[key]) <= 1e-5, (step, key, got[key], ref[key])
+
+
+def test_initialize_is_a_no_op_for_one_process_and_checks_arguments(monkeypatch):
+    from spider_jax import distributed
+
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.initialize() is False
+    with pytest.raises(ValueError, match="process's id"):
+        distributed.initialize("localhost:1", 2, None)
+    with pytest.raises(ValueError, match=r"process_id 2 must be in \[0, 2\)"):
+        distributed.initialize("localhost:1", 2, 2)
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(ValueError, match="SPIDER_NUM_PROCESSES='two'"):
+        distributed.initialize()
+    assert distributed.per_process_batch_size(8) == 8
