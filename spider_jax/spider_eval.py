@@ -77,18 +77,39 @@ def template_following(job, variables: Any) -> dict[str, Any]:
     answers: list[str] = []
     for start in range(0, len(instances), cfg.batch_size):
         answers += generate_answers(job, variables, instances[start : start + cfg.batch_size], cfg.max_new_tokens)
-    followed, examples, warnings = 0, [], 0
+    followed, examples, warnings, same_count, f1s = 0, [], 0, 0, []
+    by_dataset: dict[str, list[int]] = {}
     for inst, answer in zip(instances, answers, strict=True):
         parsed = tpl.parse_answer(answer, job.pipeline.template)
         produced = tuple(g.modality for g in parsed.groups)
         ok = produced == tuple(inst.targets)
         followed += ok
+        same_count += len(produced) == len(inst.targets)
+        f1s.append(modality_f1(produced, inst.targets))
+        by_dataset.setdefault(inst.dataset, []).append(int(ok))
         warnings += bool(parsed.warnings)
         if len(examples) < 4 or (not ok and len(examples) < 8):
             examples.append({"question": inst.question, "answer": answer, "requested": inst.targets, "ok": ok})
+    n = max(len(instances), 1)
     return {
         "questions": len(instances),
-        "exact_modality_groups": followed / max(len(instances), 1),
+        "exact_modality_groups": followed / n,
+        "same_number_of_groups": same_count / n,
+        "mean_modality_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "exact_by_dataset": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_dataset.items())},
         "answers_with_parser_warnings": warnings,
         "examples": examples,
     }
+
+
+def modality_f1(produced: tuple[str, ...], requested: tuple[str, ...]) -> float:
+    """F1 of the produced vs requested modality multisets (1.0 when both are empty: a caption asked, given)."""
+    from collections import Counter
+
+    if not produced and not requested:
+        return 1.0
+    overlap = sum((Counter(produced) & Counter(requested)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(produced), overlap / len(requested)
+    return 2 * precision * recall / (precision + recall)

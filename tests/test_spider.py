@@ -270,3 +270,11 @@ def test_sharded_step_matches_single_device():
     )
     merged = merge_groups(new_state.trainable, frozen)
     assert set(merged) == set(GROUPS)
+
+
+def test_modality_f1_on_crafted_answers():
+    from spider_jax.spider_eval import modality_f1
+
+    assert modality_f1(("IMAGE", "AUDIO"), ("AUDIO", "IMAGE", "IMAGE")) == pytest.approx(0.8)
+    assert modality_f1((), ()) == 1.0 and modality_f1(("IMAGE",), ()) == 0.0
+    assert modality_f1(("VIDEO",), ("IMAGE",)) == 0.0 and modality_f1(("IMAGE",), ("IMAGE",)) == 1.0
