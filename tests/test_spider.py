@@ -206,7 +206,7 @@ def test_empty_group_slots_and_missing_embeddings_keep_gradients_finite():
         batch[f"{x}_target"][unused] = 0.0
     batch["audio_te"][:, 0] = 0.0  # a store miss on a real group
     batch["audio_te_found"][:, 0] = False
-    grads = jax.grad(lambda v: spider_loss(cfg, v, batch)[0])(variables)
+    grads = jax.jit(jax.grad(lambda v: spider_loss(cfg, v, batch)[0]))(variables)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
 
 
