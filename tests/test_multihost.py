@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -46,8 +47,12 @@ def _single_process_metrics(steps: int) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     steps, port, out = 3, _free_port(), str(tmp_path / "metrics.json")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # each worker sets its own device count
+    env = dict(os.environ)
+    flags = [f for f in env.pop("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    if flags:  # each worker sets its own device count; other XLA flags pass through
+        env["XLA_FLAGS"] = " ".join(flags)
     env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]  # files, not pipes: a chatty worker cannot block
     procs = [
         subprocess.Popen(
             [
@@ -61,23 +66,25 @@ def test_two_processes_match_one(tmp_path):
             ],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(logs[i], "w"),
         )  # fmt: skip
         for i in range(2)
     ]
-    logs = []
+    deadline = time.monotonic() + 400  # one deadline for both workers
     try:
         for proc in procs:
-            _, err = proc.communicate(timeout=400)
-            logs.append(err)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
     for i, proc in enumerate(procs):
-        assert proc.returncode == 0, f"worker {i} failed:\n{logs[i][-3000:] if i < len(logs) else ''}"
+        if proc.returncode != 0:
+            pytest.fail(f"worker {i} failed (rc {proc.returncode}):\n{logs[i].read_text()[-3000:]}")
     results = [json.load(open(f"{out}.{i}")) for i in range(2)]
     assert all(r["devices"] == 8 and r["processes"] == 2 for r in results)
     want = _single_process_metrics(steps)
