@@ -139,7 +139,7 @@ def memory_report(compiled: Any) -> dict[str, Any]:
     """
     stats = compiled.memory_analysis()
     if stats is None:
-        raise NotImplementedError("this backend gives no memory analysis")
+        raise RuntimeError("the compiling backend returned no memory analysis for this executable (libtpu does)")
     report = {
         "argument_bytes": int(stats.argument_size_in_bytes),
         "output_bytes": int(stats.output_size_in_bytes),
@@ -196,7 +196,8 @@ class TopologyCompile:
     compile_seconds: float
 
 
-def _placed(abstract: Any, shardings: Any) -> Any:
+def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the shardings a jitted function will be lowered with."""
     return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
@@ -231,10 +232,10 @@ def compile_lm_step_for_topology(
     batch = {"input_ids": ids, "attention_mask": jax.ShapeDtypeStruct(ids.shape, jnp.bool_), "labels": ids}
     rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     args = (
-        _placed(state, shardings["state"]),
-        _placed(frozen, shardings["frozen"]),
-        _placed(batch, shardings["batch"]),
-        _placed(rng, NamedSharding(mesh, PartitionSpec())),
+        abstract_with_shardings(state, shardings["state"]),
+        abstract_with_shardings(frozen, shardings["frozen"]),
+        abstract_with_shardings(batch, shardings["batch"]),
+        abstract_with_shardings(rng, NamedSharding(mesh, PartitionSpec())),
     )
     t0 = time.perf_counter()
     lowered = jitted.lower(*args)

@@ -399,14 +399,11 @@ def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str) -> dict[
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
 
-    def placed(tree, shard):
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shard)
-
     args = (
-        placed(state, shardings["state"]),
-        placed(frozen, shardings["frozen"]),
-        placed(batch, shardings["batch"]),
-        placed(rng, replicated),
+        aot.abstract_with_shardings(state, shardings["state"]),
+        aot.abstract_with_shardings(frozen, shardings["frozen"]),
+        aot.abstract_with_shardings(batch, shardings["batch"]),
+        aot.abstract_with_shardings(rng, replicated),
     )
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
