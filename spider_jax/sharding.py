@@ -39,6 +39,11 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("encoder_embed", None),  # ImageBind width (1024) feeding the encoder projectors
     ("ctrl_embed", None),  # Decoders-Controller width (small: replicate, shard its mlp/heads instead)
     ("decoder_embed", None),  # decoder text-encoder width (768 / 1024 / 512)
+    ("positions", None),  # learned position tables (CLIP, RoBERTa, ViT)
+    # frozen decoders (UNet, VAE, vocoder): small enough to replicate; batch is what gets sharded
+    ("conv_kernel", None),  # spatial/temporal kernel dims of convolutions
+    ("channels", None),  # conv input channels / feature width of diffusion blocks
+    ("channels_out", None),
     # activations
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),

@@ -13,23 +13,20 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
-import ml_dtypes
 import numpy as np
 
-from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
+from spider_jax.convert.folders import (  # noqa: F401  (CheckpointMismatchError re-exported)
+    TRANSFORMERS_WEIGHTS,
+    CheckpointMismatchError,
+    FolderState,
+    read_config,
+    write_weights,
+)
 from spider_jax.models import lora as lora_lib
 from spider_jax.models.llama import LlamaConfig, RopeScaling, as_dtype
 
-SAFE_INDEX = "model.safetensors.index.json"
-SAFE_SINGLE = "model.safetensors"
-BIN_INDEX = "pytorch_model.bin.index.json"
-BIN_SINGLE = "pytorch_model.bin"
 # Buffers some older exports carry; they are recomputed, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensors do not fit the config: missing, unexpected or wrongly shaped tensors."""
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -265,71 +262,8 @@ def params_to_hf_state_dict(params: Mapping[str, Any], config: LlamaConfig, dtyp
 # ---------------------------------------------------------------------------------------- folders
 
 
-def _torch_load(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"{path}: reading .bin checkpoints needs torch; convert to safetensors or install torch"
-        ) from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    out = {}
-    for k, v in sd.items():
-        if v.dtype == torch.bfloat16:
-            out[k] = v.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        else:
-            out[k] = v.numpy()
-    return out
-
-
-class _FolderState(Mapping):
-    """Lazy union of the tensors in all shards of a checkpoint folder."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-        self._where: dict[str, str] = {}
-        self._open: dict[str, Any] = {}
-        if os.path.exists(os.path.join(folder, SAFE_INDEX)):
-            self._read_index(SAFE_INDEX)
-        elif os.path.exists(os.path.join(folder, SAFE_SINGLE)):
-            self._where = {n: SAFE_SINGLE for n in self._file(SAFE_SINGLE)}
-        elif os.path.exists(os.path.join(folder, BIN_INDEX)):
-            self._read_index(BIN_INDEX)
-        elif os.path.exists(os.path.join(folder, BIN_SINGLE)):
-            self._where = {n: BIN_SINGLE for n in self._file(BIN_SINGLE)}
-        else:
-            raise FileNotFoundError(f"{folder}: no {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX} found")
-
-    def _read_index(self, name: str) -> None:
-        with open(os.path.join(self.folder, name)) as f:
-            weight_map = json.load(f)["weight_map"]
-        for shard in set(weight_map.values()):
-            if not os.path.exists(os.path.join(self.folder, shard)):
-                raise FileNotFoundError(f"{os.path.join(self.folder, name)} names shard {shard!r}, which is missing")
-        self._where = dict(weight_map)
-
-    def _file(self, name: str) -> Mapping[str, np.ndarray]:
-        if name not in self._open:
-            full = os.path.join(self.folder, name)
-            self._open[name] = SafetensorsFile(full) if name.endswith(".safetensors") else _torch_load(full)
-        return self._open[name]
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self._file(self._where[key])[key]
-
-    def __iter__(self):
-        return iter(self._where)
-
-    def __len__(self):
-        return len(self._where)
-
-
 def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
-    config_path = os.path.join(os.fspath(path), "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: expected a Hugging Face model folder")
-    with open(config_path) as f:
-        return json.load(f)
+    return read_config(path)
 
 
 def load_hf_checkpoint(path: str | os.PathLike, **config_overrides: Any) -> tuple[LlamaConfig, dict[str, Any]]:
@@ -341,21 +275,8 @@ def load_hf_checkpoint(path: str | os.PathLike, **config_overrides: Any) -> tupl
     folder = os.fspath(path)
     config = config_from_hf(read_hf_config(folder), **config_overrides)
     cast = as_dtype(config_overrides["param_dtype"]) if "param_dtype" in config_overrides else None
-    state = _FolderState(folder)
+    state = FolderState(folder, weights=(TRANSFORMERS_WEIGHTS,))
     return config, hf_state_dict_to_params(state, config, dtype=cast, source=folder)
-
-
-def _shard(state: Mapping[str, np.ndarray], max_shard_bytes: int) -> list[dict[str, np.ndarray]]:
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name in state:  # insertion order keeps layers together
-        nbytes = state[name].nbytes
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = state[name]
-        size += nbytes
-    return shards
 
 
 def save_hf_checkpoint(
@@ -380,18 +301,7 @@ def save_hf_checkpoint(
     state = params_to_hf_state_dict(params, config, dtype=dtype)
     first = next(iter(state.values()))
     torch_dtype = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(first.dtype, "bfloat16")
-    shards = _shard(state, max_shard_size)
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(folder, SAFE_SINGLE))
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(folder, name))
-            weight_map.update({k: name for k in shard})
-        total = int(sum(a.nbytes for a in state.values()))
-        with open(os.path.join(folder, SAFE_INDEX), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    write_weights(state, folder, TRANSFORMERS_WEIGHTS, max_shard_size)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config_to_hf(config, torch_dtype), f, indent=2)
     if tokenizer_dir is not None:
