@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from spider_jax import embedding_store
-from spider_jax.input_pipeline import stable_key
+from spider_jax.input_pipeline import media_key
 from spider_jax.tmm import Sample
 
 _CHARS = string.ascii_lowercase + string.digits + string.punctuation
@@ -132,6 +132,17 @@ def t_prompts(sources: Mapping[str, Sequence[Sample]]) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+MEDIA_KEYS = "path relative to data.samples_dir"
+
+
+def _store_meta(path: str) -> dict:
+    meta = os.path.join(path, "store.json")
+    if not os.path.exists(meta):
+        return {}
+    with open(meta) as f:
+        return json.load(f).get("meta", {})
+
+
 def build_demo_stores(cfg: ml_collections.ConfigDict, sources: Mapping[str, Sequence[Sample]]):
     """Builds (once) the demo's encoders and stores; returns a ``stores``-shaped config pointing at them."""
     root = os.path.join(cfg.output_dir, "demo_assets")
@@ -152,7 +163,7 @@ def build_demo_stores(cfg: ml_collections.ConfigDict, sources: Mapping[str, Sequ
             embedding_store.build_text_store(path, texts, encode, name=f"demo T_e {modality}", dtype="float32")
         stores.text[modality] = path
     media_path = os.path.join(root, "media_store")
-    if not os.path.exists(os.path.join(media_path, "store.json")):
+    if _store_meta(media_path).get("keys") != MEDIA_KEYS:  # missing, or keyed by an older scheme
         folder = make_clip_text_folder(
             os.path.join(root, "joint_space_encoder"), 32, 16, projection_dim=cfg.encoder_width, seed=7
         )
@@ -162,9 +173,10 @@ def build_demo_stores(cfg: ml_collections.ConfigDict, sources: Mapping[str, Sequ
         values = encode([captions[p] for p in paths]) if paths else np.zeros((0, cfg.encoder_width), np.float32)
         embedding_store.write_store(
             media_path,
-            ((stable_key(p), v) for p, v in zip(paths, values, strict=True)),
+            ((media_key(p, cfg.data.samples_dir), v) for p, v in zip(paths, values, strict=True)),
             name="demo media (caption joint-space stand-in for ImageBind)",
             dtype="float32",
+            meta={"keys": MEDIA_KEYS},
         )
     stores.media = media_path
     return stores

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,20 @@ def stable_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
+def media_key(path: str, root: str | None = None) -> int:
+    """Store key of a media file: ``stable_key`` of its path relative to ``root`` (the data folder) when inside it.
+
+    Relative keys let an E^X store built on one machine serve the same data mounted elsewhere (a TPU VM, another
+    user's checkout); a file outside ``root`` (or no root) is keyed by its normalised absolute path.
+    """
+    full = os.path.abspath(path)
+    if root:
+        base = os.path.abspath(root)
+        if os.path.commonpath([full, base]) == base:
+            return stable_key(os.path.relpath(full, base).replace(os.sep, "/"))
+    return stable_key(full)
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     max_length: int = 1024
@@ -59,6 +74,7 @@ class PipelineConfig:
     packing: bool = False  # several instances per row (segment-masked attention) instead of one + padding
     packing_bins: int = 8  # rows the first-fit packer keeps open; more bins, less padding
     template: tpl.TemplateConfig = tpl.DEFAULT
+    media_root: str | None = None  # media store keys are paths relative to this folder (see media_key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +136,7 @@ def encode_tokens(
         )
     for pos, (modality, path) in zip(slot_positions, instance.inputs, strict=True):
         per_token["input_modality"][pos] = modality_code(modality)
-        per_token["input_key"][pos] = stable_key(path)
+        per_token["input_key"][pos] = media_key(path, config.media_root)
 
     groups = tpl.parse_answer(instance.answer, config.template).groups
     first_mprompts = []
@@ -141,7 +157,7 @@ def encode_tokens(
     for (pos, modality), group, target in zip(first_mprompts, groups, outputs, strict=True):
         per_token["mprompt_modality"][pos] = modality_code(modality)
         per_token["tprompt_key"][pos] = stable_key(group.t_prompt)
-        per_token["target_key"][pos] = stable_key(target) if target else 0
+        per_token["target_key"][pos] = media_key(target, config.media_root) if target else 0
     # Overlong answers are cut; inputs and groups past the cut are dropped with their tokens.
     return {k: v[: config.max_length] for k, v in per_token.items()}
 

@@ -33,7 +33,7 @@ def _prompt_batch(job, instances: list[tmm.Instance]) -> dict[str, np.ndarray]:
         for k, (pos, (modality, path)) in enumerate(zip(slots, inst.inputs, strict=False)):
             positions[row, k] = offset + pos
             codes[row, k] = ip.modality_code(modality)
-            keys[row, k] = ip.stable_key(path)
+            keys[row, k] = ip.media_key(path, job.pipeline.media_root)
     width = job.spider.encoder_width
     if job.media_store is not None:
         embeddings, _ = job.media_store.lookup(keys, allow_missing=True)

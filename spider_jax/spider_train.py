@@ -127,6 +127,7 @@ def prepare(cfg: ml_collections.ConfigDict) -> SpiderJob:
         batch_size=cfg.data.batch_size // jax.process_count(),
         seed=cfg.seed,
         packing=cfg.data.packing,
+        media_root=cfg.data.samples_dir,
     )
     inputs = spider_inputs.SpiderInputSpec(controller.outputs, cfg.data.groups_per_modality, cfg.encoder_width)
     return SpiderJob(

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def setup(sp_model_path):
 
 def test_example_fields_point_at_the_right_tokens(setup):
     tok, ids, pools = setup
-    config = ip.PipelineConfig(max_length=128, batch_size=2)
+    config = ip.PipelineConfig(max_length=128, batch_size=2, media_root=os.getcwd())  # sample paths are relative
     instances = ip.instance_dataset(STAGE1, pools, _sources(), seed=3)
     seen_inputs = seen_groups = seen_targets = 0
     for index in range(40):
@@ -216,3 +217,14 @@ def test_packing_keeps_every_instance_intact_and_resumes_exactly(setup):
     got = next(ip.restore_iterator(iter(ip.batched_examples(instances, tok, ids, config)), state))
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_media_keys_are_relative_to_the_data_root(tmp_path):
+    """A store keyed on one machine serves the same files mounted under another root."""
+    a, b = tmp_path / "mnt_a" / "data", tmp_path / "home" / "data"
+    key_a = ip.media_key(str(a / "coco" / "images" / "1.jpg"), str(a))
+    key_b = ip.media_key(str(b / "coco" / "images" / ".." / "images" / "1.jpg"), str(b) + "/")
+    assert key_a == key_b == ip.stable_key("coco/images/1.jpg")
+    outside = str(tmp_path / "elsewhere" / "1.jpg")
+    assert ip.media_key(outside, str(a)) == ip.stable_key(outside) != key_a
+    assert ip.media_key("rel/x.wav") == ip.stable_key(os.path.abspath("rel/x.wav"))
