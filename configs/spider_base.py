@@ -98,6 +98,7 @@ def spider_config() -> ml_collections.ConfigDict:
             max_groups=16,
             groups_per_modality=4,
             packing=False,
+            max_concat=5,  # SmMI / SpMI: at most this many requests concatenated into one instance
             batch_size=256,  # global (Tab. 22: 4 per GPU)
             allow_missing_embeddings=False,
         )

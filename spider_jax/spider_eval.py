@@ -72,7 +72,9 @@ def generate_answers(job, variables: Any, instances: list[tmm.Instance], max_new
 def template_following(job, variables: Any) -> dict[str, Any]:
     cfg = job.cfg.eval
     mixture = tmm.STAGE_MIXTURES["stage3"]
-    stream = ip.instance_dataset(mixture, job.pools, job.sources, seed=cfg.seed)
+    from spider_jax.spider_train import build_options
+
+    stream = ip.instance_dataset(mixture, job.pools, job.sources, seed=cfg.seed, opts=build_options(job.cfg))
     instances = [stream[i] for i in range(cfg.questions)]
     answers: list[str] = []
     for start in range(0, len(instances), cfg.batch_size):

@@ -136,10 +136,15 @@ def prepare(cfg: ml_collections.ConfigDict) -> SpiderJob:
     )  # fmt: skip
 
 
+def build_options(cfg: ml_collections.ConfigDict) -> tmm.BuildOptions:
+    """How TMM instances are built for this config (training and the held-out check use the same)."""
+    return tmm.BuildOptions(max_concat=cfg.data.get("max_concat", tmm.BuildOptions.max_concat))
+
+
 def stage_batches(job: SpiderJob, stage: ml_collections.ConfigDict, seed: int):
     """This host's grain iterator of Spider batches for ``stage`` (checkpointable: ``get_state``/``set_state``)."""
     mixture = tmm.STAGE_MIXTURES[stage.mixture]
-    instances = ip.instance_dataset(mixture, job.pools, job.sources, seed=seed)
+    instances = ip.instance_dataset(mixture, job.pools, job.sources, seed=seed, opts=build_options(job.cfg))
     batches = ip.batched_examples(
         instances, job.tokenizer, job.template_ids, job.pipeline, jax.process_index(), jax.process_count()
     )
