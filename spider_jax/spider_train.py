@@ -26,6 +26,7 @@ import numpy as np
 from spider_jax import input_pipeline as ip
 from spider_jax import lm_finetune, spider_inputs, tmm
 from spider_jax import sharding as sharding_lib
+from spider_jax import template as tpl
 from spider_jax.checkpointing import Checkpointer
 from spider_jax.convert.llama import load_hf_checkpoint
 from spider_jax.embedding_store import load_store
@@ -34,7 +35,7 @@ from spider_jax.models.lora import LoraConfig
 from spider_jax.models.spider import SpiderConfig, init_spider
 from spider_jax.sources import load_layout
 from spider_jax.spider_trainer import NonFiniteError, build_sharded_spider_step, init_stage_state
-from spider_jax.tokenizer import Tokenizer, load_tokenizer, resize_embeddings
+from spider_jax.tokenizer import Tokenizer, description_ids, load_tokenizer, resize_embeddings
 from spider_jax.trainer import TrainState
 
 
@@ -97,7 +98,8 @@ def prepare(cfg: ml_collections.ConfigDict) -> SpiderJob:
     execution = {k: cfg.model[k] for k in ("dtype", "param_dtype", "scan_layers", "remat_policy")}
     llm_cfg, params = load_hf_checkpoint(base_dir, lora=LoraConfig.from_dict(cfg.lora.to_dict()), **execution)
     if len(tokenizer) > llm_cfg.vocab_size:
-        params = resize_embeddings(params, len(tokenizer), tied=llm_cfg.tie_word_embeddings)
+        init_from = description_ids(tokenizer, tpl.DEFAULT.token_descriptions(), base_vocab)
+        params = resize_embeddings(params, len(tokenizer), tied=llm_cfg.tie_word_embeddings, init_from=init_from)
         llm_cfg = llm_cfg.replace(vocab_size=len(tokenizer))
     controller = ControllerConfig.from_dict({**cfg.controller.to_dict(), "llm_width": llm_cfg.hidden_size})
     spider = SpiderConfig(
@@ -369,7 +371,6 @@ def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str) -> dict[
     """AOT-compiles the first run stage's sharded step for a TPU ``topology`` (e.g. ``v5p:4x4x4``) on any host,
     at the config's shapes (no weights are read), and returns XLA's per-chip memory report."""
     from spider_jax import aot
-    from spider_jax import template as tpl
     from spider_jax.models.llama import LlamaConfig
 
     model = {k: v for k, v in cfg.model.to_dict().items()}

@@ -67,6 +67,27 @@ class TemplateConfig:
         tokens += [self.slot(m) for m in INPUT_MODALITIES]
         return list(dict.fromkeys(tokens))  # [IMAGE] is both a TaskPrompt and nothing else: dedupe defensively
 
+    def token_descriptions(self) -> dict[str, str]:
+        """Plain words for every special token: their embeddings seed the new rows (``resize_embeddings``).
+
+        Why: rows that all start as the same mean vector are indistinguishable to the LLM (``<VIDEO>`` in a
+        question reads like ``<AUDIO>``) and only drift apart slowly; starting ``<VIDEO>`` near "video" makes the
+        tokens distinct from step one and ties them to the words users write. Descriptions are pairwise distinct.
+        """
+        words = {self.input_token: "input", self.out_token: "output", self.end_token: "end"}
+        for task in TASK_PROMPTS:
+            words[self.task_prompt(task)] = {SMART: "smart multimodal", SPECIFIC: "specific multimodal"}.get(
+                task, f"{task.lower()} task"
+            )
+        for m in MODALITIES:
+            words[self.begin(m)] = m.lower()
+            words[self.end(m)] = f"end of {m.lower()}"
+            for i, token in enumerate(self.mprompts(m)):
+                words[token] = f"{m.lower()} prompt {i}"
+        for m in INPUT_MODALITIES:
+            words[self.slot(m)] = f"{m.lower()} input"
+        return {t: words[t] for t in self.special_tokens()}
+
 
 DEFAULT = TemplateConfig()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -302,11 +302,18 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike, v
     return path
 
 
-def resize_embeddings(params: dict[str, Any], new_vocab_size: int, tied: bool = False) -> dict[str, Any]:
+def resize_embeddings(
+    params: dict[str, Any],
+    new_vocab_size: int,
+    tied: bool = False,
+    init_from: Mapping[int, Sequence[int]] | None = None,
+) -> dict[str, Any]:
     """Grows ``embed_tokens`` (V, D) rows and ``lm_head`` (D, V) columns to ``new_vocab_size``.
 
-    New rows are the mean of the old ones (as HF does with ``mean_resizing``): new tokens start out as an
-    average token rather than noise, which keeps early logits well-scaled. Shrinking keeps the first rows.
+    New row ``i`` is the mean of the old rows ``init_from[i]`` (the pieces of a description of the token, e.g.
+    "video" for ``<VIDEO>``), else the mean of all old rows (as HF does with ``mean_resizing``). Either way new
+    tokens start out well-scaled rather than as noise; descriptions also make them distinct from each other.
+    Shrinking keeps the first rows.
     """
     import jax.numpy as jnp
 
@@ -315,19 +322,41 @@ def resize_embeddings(params: dict[str, Any], new_vocab_size: int, tied: bool = 
     old = emb.shape[0]
     if new_vocab_size == old:
         return params
+    init_from = dict(init_from or {})
+    for new_id, ids in init_from.items():
+        bad = [i for i in ids if not 0 <= i < old]
+        if not old <= new_id < new_vocab_size or bad or not ids:
+            raise ValueError(
+                f"init_from[{new_id}] = {list(ids)}: the new id must lie in [{old}, {new_vocab_size}) and its "
+                f"description ids in [0, {old}) (non-empty)"
+            )
 
     def grow(x: Any, axis: int) -> Any:
         xp = np if isinstance(x, np.ndarray) else jnp
         if new_vocab_size < old:
             return xp.take(x, xp.arange(new_vocab_size), axis=axis)
-        mean = x.astype(np.float32).mean(axis=axis, keepdims=True).astype(x.dtype)
-        reps = [1] * x.ndim
-        reps[axis] = new_vocab_size - old
-        return xp.concatenate([x, xp.tile(mean, reps)], axis=axis)
+        x32 = x.astype(np.float32)
+        rows = []
+        for new_id in range(old, new_vocab_size):
+            ids = init_from.get(new_id)
+            source = xp.take(x32, xp.asarray(ids), axis=axis) if ids else x32
+            rows.append(source.mean(axis=axis, keepdims=True))
+        return xp.concatenate([x, xp.concatenate(rows, axis=axis).astype(x.dtype)], axis=axis)
 
     model["embed_tokens"] = grow(emb, 0)
     out = dict(params)
     out["model"] = model
     if not tied and "lm_head" in params:
         out["lm_head"] = grow(params["lm_head"], 1)
+    return out
+
+
+def description_ids(tokenizer: Tokenizer, descriptions: Mapping[str, str], base_vocab: int) -> dict[int, list[int]]:
+    """``{id of an added token: ids of its description's pieces}`` for ``resize_embeddings(init_from=...)``."""
+    out = {}
+    for token, text in descriptions.items():
+        pieces = [i for i in tokenizer.encode(text, add_bos=False) if i < base_vocab]
+        token_id = tokenizer.token_to_id(token)
+        if pieces and token_id >= base_vocab:
+            out[token_id] = pieces
     return out

@@ -9,6 +9,7 @@ from spider_jax.tokenizer import (
     HFTokenizer,
     SentencePieceTokenizer,
     TokenizerError,
+    description_ids,
     load_tokenizer,
     resize_embeddings,
 )
@@ -95,3 +96,40 @@ def test_resize_embeddings_new_rows_are_mean(tied):
         np.testing.assert_allclose(head[:, 12], params["lm_head"].mean(1), rtol=1e-6)
     else:
         assert "lm_head" not in out
+
+
+def test_resize_embeddings_from_descriptions_jnp_and_errors():
+    import jax.numpy as jnp
+
+    rng = np.random.RandomState(1)
+    params = {"model": {"embed_tokens": rng.randn(10, 4).astype(np.float32)}, "lm_head": rng.randn(4, 10)}
+    out = resize_embeddings(
+        {"model": {"embed_tokens": jnp.asarray(params["model"]["embed_tokens"])}, "lm_head": params["lm_head"]},
+        13,
+        init_from={10: [2], 12: [3, 7]},
+    )
+    emb, head = np.asarray(out["model"]["embed_tokens"]), out["lm_head"]
+    np.testing.assert_allclose(emb[10], params["model"]["embed_tokens"][2], rtol=1e-6)
+    np.testing.assert_allclose(emb[11], params["model"]["embed_tokens"].mean(0), rtol=1e-6)  # no description
+    np.testing.assert_allclose(emb[12], params["model"]["embed_tokens"][[3, 7]].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(head[:, 12], params["lm_head"][:, [3, 7]].mean(1), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"init_from\[10\] = \[11\]"):
+        resize_embeddings(params, 13, init_from={10: [11]})  # a description must use old rows
+    with pytest.raises(ValueError, match=r"init_from\[4\]"):
+        resize_embeddings(params, 13, init_from={4: [1]})  # only new rows can be seeded
+
+
+def test_template_tokens_get_distinct_descriptions(sp_model_path):
+    from spider_jax import template as tpl
+
+    descriptions = tpl.DEFAULT.token_descriptions()
+    assert list(descriptions) == tpl.DEFAULT.special_tokens()
+    assert len(set(descriptions.values())) == len(descriptions)  # no two tokens start from the same row
+    assert descriptions["<VIDEO>"] == "video" and descriptions["[AUDIO0]"] == "audio prompt 0"
+    tok = load_tokenizer(sp_model_path)
+    base = len(tok)
+    tok.add_tokens(tpl.DEFAULT.special_tokens())
+    init_from = description_ids(tok, descriptions, base)
+    assert set(init_from) == {tok.token_to_id(t) for t in descriptions}
+    assert init_from[tok.token_to_id("<IMAGE>")] == tok.encode("image", add_bos=False)
+    assert all(i < base for ids in init_from.values() for i in ids)
