@@ -70,6 +70,7 @@ def spider_config() -> ml_collections.ConfigDict:
     c.encoder_width = 1024  # ImageBind
     c.shared_projector = False
     c.add_input_embedding = True
+    c.mprompt_layer = -1  # M_e from this hidden state (HF numbering: 0 = embeddings, i = after layer i, -1 = final)
     c.controller = ml_collections.ConfigDict(
         dict(
             width=512,

@@ -109,6 +109,7 @@ def prepare(cfg: ml_collections.ConfigDict) -> SpiderJob:
         encoder_width=cfg.encoder_width,
         shared_projector=cfg.shared_projector,
         add_input_embedding=cfg.add_input_embedding,
+        mprompt_layer=cfg.get("mprompt_layer", -1),
         lm_weight=cfg.loss.lm,
         alignment_weight=cfg.loss.alignment,
         reconstruction_weight=cfg.loss.reconstruction,
@@ -378,7 +379,10 @@ def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str) -> dict[
     vocab = base_vocab + len(tpl.DEFAULT.special_tokens())
     llm = LlamaConfig(vocab_size=vocab, lora=LoraConfig.from_dict(cfg.lora.to_dict()), **model)
     controller = ControllerConfig.from_dict({**cfg.controller.to_dict(), "llm_width": llm.hidden_size})
-    spider = SpiderConfig(llm, controller, base_vocab, cfg.encoder_width, cfg.shared_projector, cfg.add_input_embedding)
+    spider = SpiderConfig(
+        llm, controller, base_vocab, cfg.encoder_width, cfg.shared_projector, cfg.add_input_embedding,
+        mprompt_layer=cfg.get("mprompt_layer", -1),
+    )  # fmt: skip
     name = stage_names(cfg)[0]
     stage = cfg.stages[name]
     optimizer = lm_finetune.make_optimizer(stage.optim, stage.steps)

@@ -236,3 +236,20 @@ def test_packed_rows_equal_separate_sequences():
     alone_second = model.apply(params, second[None].astype(np.int32))
     np.testing.assert_allclose(logits[0, :7], alone_first[0], atol=1e-5)
     np.testing.assert_allclose(logits[0, 7:12], alone_second[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+def test_hidden_layer_matches_transformers_hidden_states(tmp_path, scan_layers):
+    """hidden_layer picks the hidden states numbered as transformers' output_hidden_states (M-Prompt layer)."""
+    hf = make_hf_llama(tmp_path, num_hidden_layers=3)
+    config, params = load_hf_checkpoint(tmp_path, scan_layers=scan_layers)
+    ids = np.random.RandomState(2).randint(0, config.vocab_size, (2, 9))
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), output_hidden_states=True).hidden_states
+    model = LlamaForCausalLM(config)
+    for layer in (0, 1, 2, 3, -1, -2):
+        _, picked = model.apply({"params": params}, ids, return_hidden=True, hidden_layer=layer)
+        diff = np.abs(np.asarray(picked) - ref[layer].numpy()).max()
+        assert diff <= 1e-4, f"hidden_layer {layer}: max |diff| {diff}"
+    with pytest.raises(ValueError, match="hidden_layer 4 out of range for 3 layers"):
+        model.apply({"params": params}, ids, return_hidden=True, hidden_layer=4)

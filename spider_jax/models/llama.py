@@ -243,6 +243,7 @@ class LlamaDecoderLayer(nn.Module):
     config: LlamaConfig
     deterministic: bool = True
     decode: bool = False
+    emit_hidden: bool = False  # also return the output as the scan's per-layer value (to pick a middle layer)
 
     @nn.compact
     def __call__(self, hidden, cos, sin, mask, cache_index):
@@ -254,7 +255,7 @@ class LlamaDecoderLayer(nn.Module):
         hidden = hidden + h
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(hidden)
         hidden = hidden + LlamaMLP(cfg, self.deterministic, name="mlp")(h)
-        return hidden, None  # (carry, per-layer output) so the same layer works under nn.scan
+        return hidden, (hidden if self.emit_hidden else None)  # (carry, per-layer output) for nn.scan
 
 
 def _decoder_layer_class(cfg: LlamaConfig):
@@ -278,9 +279,21 @@ class LlamaModel(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         segment_ids=None,
+        hidden_layer: int | None = None,
     ):
+        """Returns ``(final hidden states (post-norm), embedding table, picked)``; ``picked`` are the hidden
+        states numbered like transformers' ``output_hidden_states`` (0 = input embeddings, i = after layer i,
+        ``num_hidden_layers`` or -1 = final post-norm), or None when ``hidden_layer`` is None."""
         cfg = self.config
         dtype, pdtype = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+        n_layers = cfg.num_hidden_layers
+        if hidden_layer is not None:
+            if not -n_layers - 1 <= hidden_layer <= n_layers:
+                raise ValueError(
+                    f"hidden_layer {hidden_layer} out of range for {n_layers} layers: [-{n_layers + 1}, {n_layers}]"
+                )
+            hidden_layer %= n_layers + 1
+        middle = hidden_layer is not None and 0 < hidden_layer < n_layers
         embedding = self.param(
             "embed_tokens",
             nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), ("vocab", "embed")),
@@ -293,6 +306,7 @@ class LlamaModel(nn.Module):
             # Gather from an un-sharded view: a lookup into a vocab-sharded table cannot stay sharded.
             inputs_embeds = jnp.take(constrain(embedding, (None, None)), input_ids, axis=0)
         hidden = inputs_embeds.astype(dtype)
+        picked = hidden if hidden_layer == 0 else None
         batch, length = hidden.shape[:2]
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), jnp.bool_)
@@ -322,14 +336,24 @@ class LlamaModel(nn.Module):
                 length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            hidden, _ = stack(cfg, deterministic, decode, name="layers")(hidden, cos, sin, mask, cache_index)
+            # A middle layer is read from the stacked per-layer outputs (the scan keeps each layer's input for
+            # the backward pass anyway, so this adds at most one such stack).
+            hidden, per_layer = stack(cfg, deterministic, decode, middle, name="layers")(
+                hidden, cos, sin, mask, cache_index
+            )
+            if middle:
+                picked = per_layer[hidden_layer - 1]
         else:
             for i in range(cfg.num_hidden_layers):
                 hidden, _ = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
                     hidden, cos, sin, mask, cache_index
                 )
+                if middle and i + 1 == hidden_layer:
+                    picked = hidden
         hidden = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(hidden)
-        return hidden, embedding
+        if hidden_layer == n_layers:
+            picked = hidden
+        return hidden, embedding, picked
 
     def _decode_mask(self, attention_mask, position_ids, length):
         """Mask over the whole cache: a key is visible if it was written by now and was not padding."""
@@ -368,13 +392,18 @@ class LlamaForCausalLM(nn.Module):
         decode: bool = False,
         return_hidden: bool = False,
         segment_ids=None,
+        hidden_layer: int = -1,
     ):
         """``segment_ids`` (B, L; 0 = padding) marks packed rows: attention stays inside each segment, and
-        ``position_ids`` should restart at every segment (the input pipeline provides both)."""
+        ``position_ids`` should restart at every segment (the input pipeline provides both).
+
+        ``return_hidden=True`` also returns hidden states: ``hidden_layer`` numbers them as transformers'
+        ``output_hidden_states`` does (0 = input embeddings, i = after layer i, -1 = final post-norm)."""
         cfg = self.config
-        hidden, embedding = LlamaModel(cfg, name="model")(
-            input_ids, attention_mask, position_ids, inputs_embeds, deterministic, decode, segment_ids
-        )
+        hidden, embedding, picked = LlamaModel(cfg, name="model")(
+            input_ids, attention_mask, position_ids, inputs_embeds, deterministic, decode, segment_ids,
+            hidden_layer if return_hidden else None,
+        )  # fmt: skip
         if cfg.tie_word_embeddings:
             logits = jnp.dot(hidden, embedding.astype(hidden.dtype).T)
         else:
@@ -386,7 +415,7 @@ class LlamaForCausalLM(nn.Module):
             )
             logits = jnp.dot(hidden, kernel.astype(hidden.dtype))
         logits = constrain(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
-        return (logits, hidden) if return_hidden else logits
+        return (logits, picked) if return_hidden else logits
 
     def embed(self, input_ids):
         """Token embeddings alone (for splicing modality embeddings before the forward pass)."""

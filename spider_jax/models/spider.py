@@ -44,7 +44,8 @@ class SpiderConfig:
     base_vocab_size: int  # rows of the base tokenizer; rows from here on are the template's added tokens
     encoder_width: int = 1024  # ImageBind
     shared_projector: bool = False  # the public reference code's single projector for all modalities
-    add_input_embedding: bool = True  # M_e = last hidden state + the M-Prompt token's input embedding (NExT-GPT)
+    add_input_embedding: bool = True  # M_e = hidden state + the M-Prompt token's input embedding (NExT-GPT)
+    mprompt_layer: int = -1  # which hidden state is M_e, numbered as HF output_hidden_states (-1: final)
     lm_weight: float = 1.0
     alignment_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -163,6 +164,7 @@ def spider_forward(
         segment_ids=batch.get("segment_ids"),
         deterministic=deterministic,
         return_hidden=True,
+        hidden_layer=cfg.mprompt_layer,
         rngs=rngs,
     )
     controller = DecodersController(cfg.controller)
