@@ -155,11 +155,11 @@ def build_demo_stores(cfg: ml_collections.ConfigDict, sources: Mapping[str, Sequ
             folder = os.path.join(root, f"text_encoder_{modality.lower()}")
             if spec.text_length == 1:
                 make_clap_text_folder(folder, projection_dim=spec.width, seed=len(modality))
-                encoder = embedding_store.hf_text_encoder(folder, "clap")
+                encoder = embedding_store.text_encoder(folder, "clap")
                 encode = lambda batch, enc=encoder: enc(batch)[:, None, :]  # noqa: E731  (B, 1, D) like T_e
             else:
                 make_clip_text_folder(folder, spec.width, spec.text_length, seed=len(modality))
-                encode = embedding_store.hf_text_encoder(folder, "clip")
+                encode = embedding_store.text_encoder(folder, "clip")
             embedding_store.build_text_store(path, texts, encode, name=f"demo T_e {modality}", dtype="float32")
         stores.text[modality] = path
     media_path = os.path.join(root, "media_store")

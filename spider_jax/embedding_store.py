@@ -258,11 +258,27 @@ def build_text_store(
     return write_store(path, items(), name=name, dtype=dtype, meta=meta)
 
 
+BACKENDS = ("flax", "torch")
+
+
+def text_encoder(folder: str, kind: str, *, backend: str = "flax") -> Callable[[list[str]], np.ndarray]:
+    """The decoder text encoder in ``folder`` as ``texts -> np.ndarray``: our Flax port (default, see
+    ``spider_jax.conditioning``) or the transformers PyTorch model (the reference; same outputs to ~1e-6)."""
+    if backend == "flax":
+        from spider_jax.conditioning import DecoderTextEncoder
+
+        return DecoderTextEncoder(folder, kind)
+    if backend == "torch":
+        return hf_text_encoder(folder, kind)
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
 def hf_text_encoder(folder: str, kind: str, *, device: str = "cpu") -> Callable[[list[str]], np.ndarray]:
     """A local PyTorch transformers text encoder, encoding exactly as the diffusers pipeline conditions its decoder.
 
-    Stand-in until Flax text encoders land. ``folder`` is either the encoder folder (with the tokenizer files in it)
-    or a diffusers pipeline folder with ``text_encoder/`` and ``tokenizer/``. Kinds:
+    The reference the Flax port (``spider_jax.conditioning``) is tested against. ``folder`` is either the encoder
+    folder (with the tokenizer files in it) or a diffusers pipeline folder with ``text_encoder/`` and
+    ``tokenizer/``. Kinds:
 
     * ``"clip"`` (Stable Diffusion): CLIPTextModel last_hidden_state (B, model_max_length=77, D); like
       StableDiffusionPipeline, no attention mask unless the config sets ``use_attention_mask``.
@@ -324,16 +340,22 @@ def main(argv: list[str] | None = None) -> None:
     text.add_argument("--name", default=None, help="store name (default: the --out folder name)")
     text.add_argument("--batch_size", type=int, default=64)
     text.add_argument("--dtype", default="float16", choices=list(_DTYPES))
+    text.add_argument("--backend", default="flax", choices=list(BACKENDS), help="flax (ours) or torch (transformers)")
     args = parser.parse_args(argv)
     captions = read_captions(args.captions)
     out = build_text_store(
         args.out,
         captions,
-        hf_text_encoder(args.encoder_folder, args.kind),
+        text_encoder(args.encoder_folder, args.kind, backend=args.backend),
         name=args.name or os.path.basename(os.path.normpath(args.out)),
         batch_size=args.batch_size,
         dtype=args.dtype,
-        meta=dict(kind=args.kind, encoder_folder=os.path.abspath(args.encoder_folder), captions=args.captions),
+        meta=dict(
+            kind=args.kind,
+            backend=args.backend,
+            encoder_folder=os.path.abspath(args.encoder_folder),
+            captions=args.captions,
+        ),
     )
     with open(os.path.join(out, META_FILE), encoding="utf-8") as f:
         info = json.load(f)
