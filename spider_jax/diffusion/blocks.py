@@ -50,7 +50,7 @@ def conv2d(
     use_bias: bool = True,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
-    name: str,
+    name: str | None = None,
 ) -> nn.Conv:
     """A ``torch.nn.Conv2d``-equivalent on NHWC (symmetric integer padding unless pairs are given)."""
     if isinstance(padding, int):
@@ -70,7 +70,12 @@ def conv2d(
 
 
 def dense(
-    features: int, *, use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: str
+    features: int,
+    *,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
 ) -> nn.Dense:
     return nn.Dense(
         features,

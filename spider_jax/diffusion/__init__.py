@@ -1,0 +1,1 @@
+"""Diffusion decoders in JAX: UNets, VAE, vocoder, noise schedulers and sampling pipelines."""
