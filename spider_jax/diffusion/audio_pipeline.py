@@ -194,11 +194,16 @@ class AudioPipeline:
             from spider_jax.conditioning import DecoderTextEncoder
 
             encoder = DecoderTextEncoder(root, "clap", dtype=dtype)
-        put = jax.device_put
         return cls(
-            unet_config, put(unet_params), vae_config, put(vae_params), vocoder_config, put(vocoder_params), scheduler,
-            encoder,
-        )  # fmt: skip
+            unet_config=unet_config,
+            unet_params=jax.device_put(unet_params),
+            vae_config=vae_config,
+            vae_params=jax.device_put(vae_params),
+            vocoder_config=vocoder_config,
+            vocoder_params=jax.device_put(vocoder_params),
+            scheduler=scheduler,
+            text_encoder=encoder,
+        )
 
     # ------------------------------------------------------------------------------------------ shapes
 

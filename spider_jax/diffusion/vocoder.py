@@ -79,11 +79,6 @@ class HifiGanConfig:
         for k, r in zip(self.upsample_kernel_sizes, self.upsample_rates, strict=True):
             if k < r:
                 raise ValueError(f"upsample kernel {k} shorter than its stride {r} is not supported")
-        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
-            raise ValueError(
-                f"upsample_initial_channel {self.upsample_initial_channel} must be divisible by "
-                f"2**{len(self.upsample_rates)} (it halves per upsampling stage)"
-            )
 
     @property
     def hop_length(self) -> int:
@@ -126,9 +121,7 @@ class HifiGanConfig:
 # ------------------------------------------------------------------------------------------ layers
 
 
-def conv1d(
-    features: int, kernel_size: int, dilation: int = 1, *, dtype: Any, param_dtype: Any, name: str
-) -> nn.Conv:
+def conv1d(features: int, kernel_size: int, dilation: int = 1, *, dtype: Any, param_dtype: Any, name: str) -> nn.Conv:
     """``torch.nn.Conv1d`` with 'same' padding ``(k·d − d) // 2`` on ``(B, L, C)``."""
     pad = (kernel_size * dilation - dilation) // 2
     return nn.Conv(
