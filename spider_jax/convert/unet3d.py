@@ -94,13 +94,11 @@ def unet3d_state_dict_to_params(
             raise CheckpointMismatchError(
                 f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, the config expects {shape}"
             )
-        canonical_state[canonical] = arr[..., 0] if _is_temporal_conv(name, len(shape) - 1) else arr
+        canonical_state[canonical] = arr[..., 0] if len(shape) == 5 else arr  # Conv3d (O, I, 3, 1, 1)
     return state_dict_to_params(canonical_state, abstract, dtype=dtype, source=source)
 
 
-def params_to_unet3d_state_dict(
-    params: Mapping[str, Any], abstract: Any, dtype: Any = None
-) -> dict[str, np.ndarray]:
+def params_to_unet3d_state_dict(params: Mapping[str, Any], abstract: Any, dtype: Any = None) -> dict[str, np.ndarray]:
     """Inverse of :func:`unet3d_state_dict_to_params`: diffusers names and torch layouts (Conv3d weights 5-D)."""
     state = {}
     for canonical, arr in params_to_state_dict(params, abstract, dtype=dtype).items():

@@ -106,10 +106,9 @@ class UNet3DConfig:
         if self.norm_num_groups is None:
             raise ValueError("norm_num_groups=None is not supported (the ResNets and temporal layers need groups)")
         for i, ch in enumerate(self.block_out_channels):
-            if ch % self.attention_head_dim:
-                raise ValueError(f"block {i}: {ch} channels are not divisible by attention_head_dim={self.attention_head_dim}")
-            if ch % self.norm_num_groups:
-                raise ValueError(f"block {i}: {ch} channels are not divisible by norm_num_groups={self.norm_num_groups}")
+            for key in ("attention_head_dim", "norm_num_groups"):
+                if ch % getattr(self, key):
+                    raise ValueError(f"block {i}: {ch} channels are not divisible by {key}={getattr(self, key)}")
 
     def heads(self, channels: int) -> int:
         """Heads of the spatial / temporal transformers of a block with ``channels`` channels."""
@@ -213,9 +212,7 @@ class DownBlock3D(_Block3D):
                 x = self._attention_layer(i, x, context, num_frames)
             skips.append(x)
         if self.add_downsample:
-            x = Downsample2D(
-                self.out_channels, self.config.downsample_padding, name="downsamplers_0", **self._dt()
-            )(x)
+            x = Downsample2D(self.out_channels, self.config.downsample_padding, name="downsamplers_0", **self._dt())(x)
             skips.append(x)
         return x, skips
 
