@@ -89,7 +89,7 @@ def save_file(
     arrays = []
     offset = 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(np.asarray(tensors[name]))
+        arr = np.asarray(tensors[name], order="C")  # not ascontiguousarray: it turns 0-d scalars into (1,)
         if arr.dtype not in _FROM_NUMPY:
             raise SafetensorsError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
         header[name] = {
