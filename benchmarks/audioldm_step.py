@@ -14,12 +14,10 @@ and medians are reported with the ratio torch_time / flax_time (> 1: Flax is fas
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import sys
 import tempfile
-import time
+
+import _common as bench
 
 SMALL_UNET = dict(  # AudioLDM's block layout at reduced width
     sample_size=32,
@@ -47,19 +45,6 @@ VOCODER = dict(  # cvssp/audioldm vocoder strides (hop 160 at 16 kHz)
 )
 
 
-def interleaved_median(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Medians of two functions timed in alternation (each warmed up first)."""
-    fn_a()
-    fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times_a)[repeats // 2], sorted(times_b)[repeats // 2]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1, help="waveforms; the guided UNet step runs 2x this")
@@ -70,8 +55,8 @@ def main() -> None:
     p.add_argument("--json", default="")
     args = p.parse_args()
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    bench.select_platform()
+    bench.use_checkout()
     import diffusers
     import jax
     import jax.numpy as jnp
@@ -79,7 +64,6 @@ def main() -> None:
     import torch
     import transformers
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from spider_jax.convert.diffusers_models import load_unet
     from spider_jax.convert.vocoder import load_vocoder
     from spider_jax.diffusion.unet2d import UNet2DConditionModel
@@ -110,64 +94,35 @@ def main() -> None:
     unet = UNet2DConditionModel(unet_config)
     unet_fn = jax.jit(lambda p, x, t, c: unet.apply({"params": p}, x, t, None, c))
     ju = [jax.device_put(jnp.asarray(a)) for a in (x, t, labels)]
-    t0 = time.perf_counter()
-    got_eps = np.asarray(unet_fn(unet_params, *ju))
-    unet_compile = time.perf_counter() - t0
     tx, tt, tc = torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(t), torch.tensor(labels)
-
-    def torch_unet_step():
-        with torch.inference_mode():
-            return torch_unet(tx, tt, encoder_hidden_states=None, class_labels=tc).sample
-
-    eps_diff = float(np.abs(got_eps.transpose(0, 3, 1, 2) - torch_unet_step().numpy()).max())
-    unet_flax, unet_torch = interleaved_median(
-        lambda: unet_fn(unet_params, *ju).block_until_ready(), torch_unet_step, args.repeats
+    unet_timing = bench.compare(
+        lambda: unet_fn(unet_params, *ju),
+        bench.torch_runner(torch, lambda: torch_unet(tx, tt, encoder_hidden_states=None, class_labels=tc).sample),
+        args.repeats,
+        lambda eps: eps.transpose(0, 3, 1, 2),
     )
 
     mel = rng.randn(args.batch, args.frames, voc_config.model_in_dim).astype(np.float32)
     voc = HifiGan(voc_config)
     voc_fn = jax.jit(lambda p, m: voc.apply({"params": p}, m))
     jm = jax.device_put(jnp.asarray(mel))
-    t0 = time.perf_counter()
-    got_wave = np.asarray(voc_fn(voc_params, jm))
-    voc_compile = time.perf_counter() - t0
     tm = torch.tensor(mel)
-
-    def torch_vocode():
-        with torch.inference_mode():
-            return torch_voc(tm)
-
-    wave_diff = float(np.abs(got_wave - torch_vocode().numpy()).max())
-    voc_flax, voc_torch = interleaved_median(
-        lambda: voc_fn(voc_params, jm).block_until_ready(), torch_vocode, args.repeats
+    voc_timing = bench.compare(
+        lambda: voc_fn(voc_params, jm), bench.torch_runner(torch, lambda: torch_voc(tm)), args.repeats
     )
 
     result = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "device": str(jax.devices()[0]),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **bench.machine_info(),
+        **bench.torch_info(torch),
         "unet_latents_nhwc": list(x.shape),
-        "unet_params_M": round(sum(v.size for v in jax.tree_util.tree_leaves(unet_params)) / 1e6, 2),
-        "unet_compile_s": round(unet_compile, 2),
-        "unet_flax_s": round(unet_flax, 4),
-        "unet_torch_s": round(unet_torch, 4),
-        "unet_torch_over_flax": round(unet_torch / unet_flax, 3),
-        "unet_max_abs_diff": eps_diff,
+        "unet_params_M": round(bench.param_count(unet_params) / 1e6, 2),
+        **bench.columns("unet_", unet_timing),
         "vocoder_mel": list(mel.shape),
-        "vocoder_samples": int(got_wave.shape[-1]),
-        "vocoder_params_M": round(sum(v.size for v in jax.tree_util.tree_leaves(voc_params)) / 1e6, 2),
-        "vocoder_compile_s": round(voc_compile, 2),
-        "vocoder_flax_s": round(voc_flax, 4),
-        "vocoder_torch_s": round(voc_torch, 4),
-        "vocoder_torch_over_flax": round(voc_torch / voc_flax, 3),
-        "vocoder_max_abs_diff": wave_diff,
+        "vocoder_samples": int(voc.config.num_samples(args.frames)),
+        "vocoder_params_M": round(bench.param_count(voc_params) / 1e6, 2),
+        **bench.columns("vocoder_", voc_timing),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    bench.report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,22 @@ import torch
 import transformers
 
 from spider_jax.convert.folders import CheckpointMismatchError
-from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
+from spider_jax.convert.safetensors_io import SafetensorsFile
 from spider_jax.convert.vocoder import expected_tensors, load_vocoder, save_vocoder
-from spider_jax.demo_assets import make_clap_text_folder
 from spider_jax.diffusion import vocoder
 from spider_jax.diffusion.audio_pipeline import AudioPipeline, write_wav
 from spider_jax.diffusion.vocoder import HifiGan, HifiGanConfig
 from spider_jax.sharding import LOGICAL_RULES
+from tests.diffusion_fixtures import (
+    TRANSFORMERS_WEIGHTS,
+    perturb,
+    read_state,
+    scaled_linear_scheduler,
+    text_components,
+    tiny_vae,
+    torch_pipeline,
+    write_checkpoint,
+)
 
 TOL = 1e-3
 VOCODER_TOL = 1e-4
@@ -47,17 +56,9 @@ VOCODER_ODD = dict(
 VOCODER_PIPE = dict(VOCODER_ODD, upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4])
 
 
-def _perturb(model: torch.nn.Module, seed: int, std: float = 0.02) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-    return model.eval()
-
-
 def _tiny_vocoder(kwargs: dict, seed: int) -> transformers.SpeechT5HifiGan:
     torch.manual_seed(seed)
-    model = _perturb(transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**kwargs)), seed, std=0.2)
+    model = perturb(transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**kwargs)), seed, scale=0.2)
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():  # non-trivial normalize_before buffers
         model.mean.copy_(torch.randn(MEL, generator=gen))
@@ -76,7 +77,7 @@ def vocoder_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def audioldm_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("tiny_audioldm"))
-    text = make_clap_text_folder(os.path.join(root, "_text"), PROJ, TOKENS, seed=3)
+    text = text_components(root, "clap", PROJ, TOKENS)
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(  # AudioLDM layout: CLAP vector as concatenated class embedding
         sample_size=8,
@@ -93,32 +94,14 @@ def audioldm_root(tmp_path_factory) -> str:
         projection_class_embeddings_input_dim=PROJ,
         class_embeddings_concat=True,
     )
-    vae = diffusers.AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.9227914,
-    )
-    scheduler = diffusers.DDIMScheduler(  # cvssp/audioldm's scheduler_config
-        beta_start=0.0015,
-        beta_end=0.0195,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    vae = tiny_vae(in_channels=1, out_channels=1, scaling_factor=0.9227914)
     pipe = diffusers.AudioLDMPipeline(
-        vae=_perturb(vae, 1),
-        text_encoder=transformers.ClapTextModelWithProjection.from_pretrained(os.path.join(text, "text_encoder")),
-        tokenizer=transformers.RobertaTokenizer.from_pretrained(os.path.join(text, "tokenizer")),
-        unet=_perturb(unet, 2),
-        scheduler=scheduler,
+        vae=perturb(vae, 1),
+        unet=perturb(unet, 2),
+        # cvssp/audioldm's scheduler_config
+        scheduler=scaled_linear_scheduler("DDIMScheduler", beta_start=0.0015, beta_end=0.0195, clip_sample=False),
         vocoder=_tiny_vocoder(VOCODER_PIPE, seed=4),
+        **text,
     )
     pipe.save_pretrained(root)
     return root
@@ -131,9 +114,7 @@ def ours(audioldm_root) -> AudioPipeline:
 
 @pytest.fixture(scope="module")
 def torch_pipe(audioldm_root) -> diffusers.AudioLDMPipeline:
-    pipe = diffusers.AudioLDMPipeline.from_pretrained(audioldm_root)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return torch_pipeline(diffusers.AudioLDMPipeline, audioldm_root)
 
 
 def _cond(batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -190,13 +171,8 @@ def test_vocoder_export_round_trip_and_weight_norm(vocoder_folder, tmp_path):
 
 def test_vocoder_mismatch_errors(vocoder_folder, tmp_path):
     folder, _ = vocoder_folder
-    state = {k: np.asarray(v) for k, v in SafetensorsFile(folder / "model.safetensors").items()}
-
-    def write(name: str, edited: dict) -> str:
-        os.makedirs(tmp_path / name)
-        save_file(edited, tmp_path / name / "model.safetensors")
-        (tmp_path / name / "config.json").write_text((folder / "config.json").read_text())
-        return tmp_path / name
+    state = read_state(folder, TRANSFORMERS_WEIGHTS)
+    write = lambda name, edited: write_checkpoint(tmp_path / name, edited, like=folder, weights=TRANSFORMERS_WEIGHTS)
 
     bad = dict(state, **{"upsampler.0.weight": np.zeros((16, 8, 5), np.float32)})
     with pytest.raises(CheckpointMismatchError, match=r"'upsampler\.0\.weight' has shape \(16, 8, 5\).*\(16, 8, 6\)"):
@@ -232,6 +208,24 @@ def test_released_vocoder_name_and_shape_map():
 # ---------------------------------------------------------------------------------------------- pipeline
 
 
+def _torch_run(pipe, cond, noise, guidance_scale: float, negative=None):
+    """diffusers' AudioLDMPipeline on S = ``cond`` from the NHWC ``noise``: (its final latents, NHWC; waveforms)."""
+    seen = []
+    extra = {} if negative is None else {"negative_prompt_embeds": torch.from_numpy(negative)}
+    with torch.no_grad():
+        out = pipe(
+            prompt_embeds=torch.from_numpy(cond),
+            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
+            audio_length_in_s=SECONDS,
+            num_inference_steps=STEPS,
+            guidance_scale=guidance_scale,
+            callback=lambda step, t, x: seen.append(x.permute(0, 2, 3, 1).numpy().copy()),
+            output_type="np",
+            **extra,
+        )
+    return seen[-1], out.audios
+
+
 def test_guided_pipeline_matches_diffusers(ours, torch_pipe):
     shape = ours.audio_shape(SECONDS)
     assert (shape.frames, shape.samples, shape.latent_shape) == (16, 62, (8, 4, 4))
@@ -240,18 +234,7 @@ def test_guided_pipeline_matches_diffusers(ours, torch_pipe):
     latents = ours.sample_latents(cond, latents=noise, num_inference_steps=STEPS, guidance_scale=2.5)
     waves = ours.decode(latents, SECONDS)
 
-    seen = []
-    with torch.no_grad():  # negative: the pipeline encodes "" itself, as ours does
-        want_waves = torch_pipe(
-            prompt_embeds=torch.from_numpy(cond),
-            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
-            audio_length_in_s=SECONDS,
-            num_inference_steps=STEPS,
-            guidance_scale=2.5,
-            callback=lambda step, t, x: seen.append(x.permute(0, 2, 3, 1).numpy().copy()),
-            output_type="np",
-        ).audios
-    want = seen[-1]
+    want, want_waves = _torch_run(torch_pipe, cond, noise, 2.5)  # negative: the pipeline encodes "", as ours does
     assert np.abs(want).max() > 0.1 and np.abs(want_waves).max() > 0.05
     lat_diff = np.abs(np.asarray(latents) - want).max()
     wave_diff = np.abs(waves - want_waves).max()
@@ -271,18 +254,8 @@ def test_explicit_negative_without_text_encoder(audioldm_root, ours, torch_pipe)
     cond, negative = _cond(seed=2), _cond(seed=3)
     noise = np.array(bare.initial_noise(2, SECONDS, seed=5))
     got = bare.sample_latents(cond, negative=negative, latents=noise, num_inference_steps=STEPS, guidance_scale=4.0)
-    seen = []
-    with torch.no_grad():
-        torch_pipe(
-            prompt_embeds=torch.from_numpy(cond),
-            negative_prompt_embeds=torch.from_numpy(negative),
-            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
-            audio_length_in_s=SECONDS,
-            num_inference_steps=STEPS,
-            guidance_scale=4.0,
-            callback=lambda step, t, x: seen.append(x.permute(0, 2, 3, 1).numpy().copy()),
-        )
-    np.testing.assert_allclose(np.asarray(got), seen[-1], atol=TOL, rtol=0)
+    want, _ = _torch_run(torch_pipe, cond, noise, 4.0, negative=negative)
+    np.testing.assert_allclose(np.asarray(got), want, atol=TOL, rtol=0)
     with pytest.raises(ValueError, match="without a text encoder"):
         bare.sample_latents(cond, num_inference_steps=STEPS)
 

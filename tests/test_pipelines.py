@@ -13,76 +13,61 @@ import pytest
 import torch
 from PIL import Image
 
-from spider_jax.demo_assets import make_clip_text_folder
 from spider_jax.diffusion.pipelines import ImagePipeline, save_png, to_uint8
+from tests.diffusion_fixtures import (
+    SD_UNET_TINY,
+    perturb,
+    scaled_linear_scheduler,
+    text_components,
+    tiny_vae,
+    torch_pipeline,
+)
 
 TOL = 1e-3
 WIDTH = 32  # text encoder width = UNet cross_attention_dim
 TOKENS = 16  # tokenizer model_max_length
 
 
-def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Small noise on every weight, so zero-initialised layers cannot hide a mismatch."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def sd_root(tmp_path_factory) -> str:
-    import transformers
-
     root = str(tmp_path_factory.mktemp("tiny_sd"))
-    text = make_clip_text_folder(os.path.join(root, "_text"), WIDTH, TOKENS, seed=3)
+    text = text_components(root, "clip", WIDTH, TOKENS)
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=WIDTH,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        sample_size=8,
-    )
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    scheduler = diffusers.PNDMScheduler(  # SD1.5's scheduler_config
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
+    unet = diffusers.UNet2DConditionModel(**dict(SD_UNET_TINY, cross_attention_dim=WIDTH, sample_size=8))
+    vae = tiny_vae()
     pipe = diffusers.StableDiffusionPipeline(
-        vae=_perturb(vae, 1),
-        text_encoder=transformers.CLIPTextModel.from_pretrained(os.path.join(text, "text_encoder")),
-        tokenizer=transformers.CLIPTokenizer.from_pretrained(os.path.join(text, "tokenizer")),
-        unet=_perturb(unet, 2),
-        scheduler=scheduler,
+        vae=perturb(vae, 1),
+        unet=perturb(unet, 2),
+        scheduler=scaled_linear_scheduler("PNDMScheduler", skip_prk_steps=True),  # SD1.5's scheduler_config
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+        **text,
     )
     pipe.save_pretrained(root)
     return root
 
 
 def _torch_pipe(root: str, scheduler: str | None = None) -> diffusers.StableDiffusionPipeline:
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(root, safety_checker=None, requires_safety_checker=False)
+    pipe = torch_pipeline(diffusers.StableDiffusionPipeline, root, safety_checker=None, requires_safety_checker=False)
     if scheduler:
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _torch_latents(pipe, cond, noise, steps: int, guidance: float, negative=None) -> torch.Tensor:
+    """The torch pipeline's final latents (NHWC) for the embedding ``cond`` from the initial ``noise`` (NHWC)."""
+    extra = {} if negative is None else {"negative_prompt_embeds": torch.from_numpy(negative)}
+    with torch.no_grad():
+        out = pipe(
+            prompt_embeds=torch.from_numpy(cond),
+            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            output_type="latent",
+            **extra,
+        )
+    return out.images.permute(0, 2, 3, 1)
 
 
 def _inputs(batch: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -100,14 +85,8 @@ def test_guided_pipeline_matches_diffusers(sd_root, scheduler):
     images = ours.decode(latents)
 
     pipe = _torch_pipe(sd_root, scheduler)
-    with torch.no_grad():  # negative embedding: the pipeline encodes "" itself, as ours does
-        want = pipe(
-            prompt_embeds=torch.from_numpy(cond),
-            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
-            num_inference_steps=5,
-            guidance_scale=7.5,
-            output_type="latent",
-        ).images.permute(0, 2, 3, 1)
+    want = _torch_latents(pipe, cond, noise, 5, 7.5)  # negative embedding: the pipeline encodes "" itself, as ours does
+    with torch.no_grad():
         decoded = pipe.vae.decode(want.permute(0, 3, 1, 2) / pipe.vae.config.scaling_factor).sample
         want_images = pipe.image_processor.postprocess(decoded, output_type="np")  # (B, H, W, 3) in [0, 1]
     got = np.asarray(latents)
@@ -122,27 +101,12 @@ def test_unguided_with_explicit_negative_and_shapes(sd_root):
     ours = ImagePipeline.from_pretrained(sd_root, text_encoder=False)
     plain = ours.sample_latents(cond, latents=noise, num_inference_steps=3, guidance_scale=1.0)
     pipe = _torch_pipe(sd_root)
-    with torch.no_grad():
-        want = pipe(
-            prompt_embeds=torch.from_numpy(cond),
-            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
-            num_inference_steps=3,
-            guidance_scale=1.0,
-            output_type="latent",
-        ).images.permute(0, 2, 3, 1)
+    want = _torch_latents(pipe, cond, noise, 3, 1.0)
     np.testing.assert_allclose(np.asarray(plain), want.numpy(), atol=TOL, rtol=0)
 
     negative = np.zeros_like(cond)
     guided = ours.sample_latents(cond, negative=negative, latents=noise, num_inference_steps=3, guidance_scale=5.0)
-    with torch.no_grad():
-        want = pipe(
-            prompt_embeds=torch.from_numpy(cond),
-            negative_prompt_embeds=torch.from_numpy(negative),
-            latents=torch.from_numpy(noise).permute(0, 3, 1, 2),
-            num_inference_steps=3,
-            guidance_scale=5.0,
-            output_type="latent",
-        ).images.permute(0, 2, 3, 1)
+    want = _torch_latents(pipe, cond, noise, 3, 5.0, negative=negative)
     np.testing.assert_allclose(np.asarray(guided), want.numpy(), atol=TOL, rtol=0)
 
     with pytest.raises(ValueError, match="without a text encoder"):

@@ -26,30 +26,27 @@ from spider_jax.convert.diffusers_models import (
     save_unet,
     save_vae,
 )
-from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
 from spider_jax.diffusion import unet2d, vae
 from spider_jax.diffusion.unet2d import UNet2DConditionModel, UNet2DConfig
 from spider_jax.diffusion.vae import AutoencoderKL, AutoencoderKLConfig, sample_latent
 from spider_jax.sharding import LOGICAL_RULES
+from tests.diffusion_fixtures import (
+    SD_UNET_TINY,
+    VAE_TINY,
+    channels_last,
+    channels_second,
+    read_state,
+    saved_model,
+    write_checkpoint,
+)
 
 TOL = 1e-3
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 
-SD_TINY = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=8,
-    sample_size=16,
-)
 UNET_CASES = {
-    "sd_conv_proj": dict(SD_TINY),
+    "sd_conv_proj": dict(SD_UNET_TINY),
     # linear projections, per-block head counts, two transformer layers, both blocks with attention
     "sd_linear_proj": dict(
-        SD_TINY,
+        SD_UNET_TINY,
         use_linear_projection=True,
         attention_head_dim=(2, 4),
         transformer_layers_per_block=2,
@@ -61,7 +58,7 @@ UNET_CASES = {
     # AudioLDM: CLAP vector as a simple_projection class embedding concatenated to the time embedding, and no
     # encoder states (cross_attention_dim = the block widths, so attn2 self-attends).
     "audioldm_style": dict(
-        SD_TINY,
+        SD_UNET_TINY,
         in_channels=8,
         out_channels=8,
         cross_attention_dim=(32, 64),
@@ -71,30 +68,6 @@ UNET_CASES = {
         class_embeddings_concat=True,
     ),
 }
-VAE_TINY = dict(
-    block_out_channels=(8, 16),
-    down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2,
-    norm_num_groups=4,
-    latent_channels=4,
-    layers_per_block=1,
-)
-
-
-def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
-
-
-def _nchw(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 3, 1, 2)
-
-
-def _nhwc(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 2, 3, 1)
 
 
 def _unet_inputs(case: str, config: dict, batch: int = 2, hw: tuple[int, int] = (16, 16)):
@@ -127,7 +100,7 @@ def _vae_apply(config, method, params, x):
 
 
 def _flax_unet(config, params, x, t, ctx, labels) -> np.ndarray:
-    return _nchw(_unet_apply(config, params, _nhwc(x), t, ctx, labels))
+    return channels_second(_unet_apply(config, params, channels_last(x), t, ctx, labels))
 
 
 @pytest.fixture(scope="module")
@@ -135,21 +108,14 @@ def unet_folders(tmp_path_factory):
     """case -> (folder, diffusers model), built once for the module."""
     out = {}
     for i, (case, kwargs) in enumerate(sorted(UNET_CASES.items())):
-        torch.manual_seed(i)
-        model = _perturb(diffusers.UNet2DConditionModel(**kwargs), seed=i)
-        folder = tmp_path_factory.mktemp(f"unet_{case}")
-        model.save_pretrained(folder)
-        out[case] = (folder, model)
+        build = functools.partial(diffusers.UNet2DConditionModel, **kwargs)
+        out[case] = saved_model(tmp_path_factory.mktemp(f"unet_{case}"), build, seed=i)
     return out
 
 
 @pytest.fixture(scope="module")
 def vae_folder(tmp_path_factory):
-    torch.manual_seed(7)
-    model = _perturb(diffusers.AutoencoderKL(**VAE_TINY), seed=7)
-    folder = tmp_path_factory.mktemp("vae")
-    model.save_pretrained(folder)
-    return folder, model
+    return saved_model(tmp_path_factory.mktemp("vae"), lambda: diffusers.AutoencoderKL(**VAE_TINY), seed=7)
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -198,12 +164,12 @@ def test_vae_matches_diffusers(vae_folder):
         posterior = model.encode(torch.tensor(img)).latent_dist
         ref_mean, ref_logvar = posterior.mean.numpy(), posterior.logvar.numpy()
         ref_dec = model.decode(posterior.mean).sample.numpy()
-    mean, logvar = _vae_apply(config, "encode", params, _nhwc(img))
-    dec = _vae_apply(config, "decode", params, _nhwc(ref_mean))
+    mean, logvar = _vae_apply(config, "encode", params, channels_last(img))
+    dec = _vae_apply(config, "decode", params, channels_last(ref_mean))
     diffs = {
-        "mean": np.abs(_nchw(mean) - ref_mean).max(),
-        "logvar": np.abs(_nchw(logvar) - ref_logvar).max(),
-        "decode": np.abs(_nchw(dec) - ref_dec).max(),
+        "mean": np.abs(channels_second(mean) - ref_mean).max(),
+        "logvar": np.abs(channels_second(logvar) - ref_logvar).max(),
+        "decode": np.abs(channels_second(dec) - ref_dec).max(),
     }
     print("vae max diffs", {k: f"{v:.2e}" for k, v in diffs.items()})
     assert max(diffs.values()) <= TOL
@@ -217,7 +183,7 @@ def test_vae_legacy_attention_names(vae_folder, tmp_path):
     """Pre-0.14 VAE checkpoints name the mid-block attention query/key/value/proj_attn (1x1-conv weights)."""
     folder, _ = vae_folder
     _, params = load_vae(folder)
-    state = dict(SafetensorsFile(os.path.join(folder, WEIGHTS)).items())
+    state = read_state(folder)
     legacy = {}
     for name, arr in state.items():
         for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
@@ -226,8 +192,7 @@ def test_vae_legacy_attention_names(vae_folder, tmp_path):
                 arr = arr[:, :, None, None] if arr.ndim == 2 else arr
         legacy[name] = np.asarray(arr)
     assert any(".proj_attn." in n for n in legacy)
-    save_file(legacy, tmp_path / WEIGHTS)
-    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    write_checkpoint(tmp_path, legacy, like=folder)
     _, legacy_params = load_vae(tmp_path)
     jax.tree_util.tree_map(np.testing.assert_array_equal, legacy_params, params)
 
@@ -273,12 +238,9 @@ def test_pipeline_root(unet_folders, vae_folder, tmp_path):
 
 
 def _rewrite(src, dst, edit) -> None:
-    state = {k: np.asarray(v) for k, v in SafetensorsFile(os.path.join(src, WEIGHTS)).items()}
+    state = read_state(src)
     edit(state)
-    os.makedirs(dst, exist_ok=True)
-    save_file(state, os.path.join(dst, WEIGHTS))
-    with open(os.path.join(src, "config.json")) as f, open(os.path.join(dst, "config.json"), "w") as g:
-        g.write(f.read())
+    write_checkpoint(dst, state, like=src)
 
 
 def test_checkpoint_mismatch_errors(unet_folders, tmp_path):

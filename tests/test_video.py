@@ -7,7 +7,7 @@ Our layout is ``(B, F, H, W, C)``; diffusers' is ``(B, C, F, H, W)``.
 """
 
 import functools
-import os
+import json
 import sys
 
 import diffusers
@@ -17,45 +17,36 @@ import numpy as np
 import pytest
 import torch
 
-from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
 from spider_jax.convert.unet3d import CheckpointMismatchError, load_unet3d, save_unet3d
-from spider_jax.demo_assets import make_clip_text_folder
 from spider_jax.diffusion import unet3d
 from spider_jax.diffusion.unet3d import UNet3DConditionModel, UNet3DConfig
 from spider_jax.diffusion.video_pipeline import VideoPipeline, write_gif, write_mp4
 from spider_jax.sharding import LOGICAL_RULES
+from tests.diffusion_fixtures import (
+    SD_UNET_TINY,
+    channels_last,
+    channels_second,
+    perturb,
+    read_state,
+    saved_model,
+    scaled_linear_scheduler,
+    text_components,
+    tiny_vae,
+    torch_pipeline,
+    write_checkpoint,
+)
 
 TOL = 1e-3
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 WIDTH = 32  # text encoder width = cross_attention_dim
 TOKENS = 16  # tokenizer model_max_length
 FRAMES = 3
-UNET_TINY = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
+UNET_TINY = dict(  # the tiny SD UNet's layout with 3-D blocks
+    SD_UNET_TINY,
     down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
     up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
     cross_attention_dim=WIDTH,
-    attention_head_dim=8,
-    norm_num_groups=8,
     sample_size=8,
 )
-
-
-def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return model.eval()
-
-
-def _ncfhw(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 4, 1, 2, 3)
-
-
-def _bfhwc(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 2, 3, 4, 1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -65,11 +56,8 @@ def _unet_apply(config, params, x, t, ctx):
 
 @pytest.fixture(scope="module")
 def unet_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    model = _perturb(diffusers.UNet3DConditionModel(**UNET_TINY), seed=1)
-    folder = tmp_path_factory.mktemp("unet3d")
-    model.save_pretrained(folder)
-    return folder, model
+    build = lambda: diffusers.UNet3DConditionModel(**UNET_TINY)
+    return saved_model(tmp_path_factory.mktemp("unet3d"), build, seed=0, perturb_seed=1)
 
 
 # ---------------------------------------------------------------------------------------------- UNet3D
@@ -89,7 +77,7 @@ def test_unet3d_matches_diffusers(unet_folder):
         ctx = rng.randn(b, 7, WIDTH).astype(np.float32)
         with torch.no_grad():
             ref = model(torch.tensor(x), torch.tensor(t), encoder_hidden_states=torch.tensor(ctx)).sample.numpy()
-        out = _ncfhw(_unet_apply(config, params, _bfhwc(x), t, ctx))
+        out = channels_second(_unet_apply(config, params, channels_last(x), t, ctx))
         diff = np.abs(out - ref).max()
         print(f"UNet3D B={b} F={f} {h}x{w}: max |eps diff| = {diff:.2e}")
         assert out.shape == ref.shape and np.abs(ref).max() > 0.1 and diff <= TOL
@@ -118,16 +106,8 @@ def test_unet3d_export_round_trip_and_logical_names(unet_folder, tmp_path):
 
 def test_unet3d_checkpoint_errors(unet_folder, tmp_path):
     folder, _ = unet_folder
-    state = {k: np.asarray(v) for k, v in SafetensorsFile(os.path.join(folder, WEIGHTS)).items()}
-    config_text = (folder / "config.json").read_text()
-
-    def write(sd, sub):
-        out = tmp_path / sub
-        out.mkdir()
-        save_file(sd, out / WEIGHTS)
-        (out / "config.json").write_text(config_text)
-        return out
-
+    state = read_state(folder)
+    write = lambda sd, sub: write_checkpoint(tmp_path / sub, sd, like=folder)
     name = "down_blocks.0.temp_convs.0.conv2.3.weight"
     bad = dict(state, **{name: np.zeros((32, 32, 3, 1), np.float32)})  # a 2-D-style kernel instead of Conv3d's
     with pytest.raises(
@@ -154,33 +134,14 @@ def test_unet3d_checkpoint_errors(unet_folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def t2v_root(tmp_path_factory, unet_folder) -> str:
-    import transformers
-
     root = str(tmp_path_factory.mktemp("tiny_t2v"))
-    text = make_clip_text_folder(os.path.join(root, "_text"), WIDTH, TOKENS, seed=3)
+    text = text_components(root, "clip", WIDTH, TOKENS)
     torch.manual_seed(4)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    scheduler = diffusers.DDIMScheduler(  # Zeroscope's scheduler_config
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
     pipe = diffusers.TextToVideoSDPipeline(
-        vae=_perturb(vae, 5, 0.02),
-        text_encoder=transformers.CLIPTextModel.from_pretrained(os.path.join(text, "text_encoder")),
-        tokenizer=transformers.CLIPTokenizer.from_pretrained(os.path.join(text, "tokenizer")),
+        vae=perturb(tiny_vae(), 5, 0.02),
         unet=unet_folder[1],
-        scheduler=scheduler,
+        scheduler=scaled_linear_scheduler("DDIMScheduler", clip_sample=False),  # Zeroscope's scheduler_config
+        **text,
     )
     pipe.save_pretrained(root)
     return root
@@ -199,18 +160,17 @@ def test_guided_video_matches_diffusers(t2v_root):
     latents = ours.sample_latents(cond, latents=noise, num_inference_steps=3, guidance_scale=9.0)
     frames = ours.decode(latents)
 
-    pipe = diffusers.TextToVideoSDPipeline.from_pretrained(t2v_root)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = torch_pipeline(diffusers.TextToVideoSDPipeline, t2v_root)
     kwargs = dict(
         prompt_embeds=torch.from_numpy(cond),  # negative: the pipeline encodes "" itself, as ours does
-        latents=torch.from_numpy(_ncfhw(noise)),
+        latents=torch.from_numpy(channels_second(noise)),
         num_inference_steps=3,
         guidance_scale=9.0,
     )
     with torch.no_grad():
         want = pipe(**kwargs, output_type="latent").frames.numpy()
         want_frames = pipe(**kwargs, output_type="np").frames  # (B, F, H, W, 3) in [0, 1]
-    lat_diff = np.abs(_ncfhw(latents) - want).max()
+    lat_diff = np.abs(channels_second(latents) - want).max()
     frame_diff = np.abs(frames - want_frames).max()
     print(f"DDIM: max |latent diff| = {lat_diff:.2e}, max |frame diff| = {frame_diff:.2e}")
     assert np.abs(want).max() > 0.1 and lat_diff <= TOL
@@ -261,3 +221,27 @@ def test_seeded_video_writers_and_errors(t2v_root, tmp_path):
         ours.sample_latents(np.zeros((1, TOKENS, 7), np.float32), guidance_scale=1.0)
     with pytest.raises(ValueError, match="without a text encoder"):
         VideoPipeline.from_pretrained(t2v_root, text_encoder=False).sample_latents(cond, num_inference_steps=1)
+
+
+def test_save_pretrained_round_trip(t2v_root, unet_folder, tmp_path):
+    ours = VideoPipeline.from_pretrained(t2v_root)
+    ours.save_pretrained(tmp_path / "export")
+    index = json.loads((tmp_path / "export" / "model_index.json").read_text())
+    assert index["_class_name"] == "TextToVideoSDPipeline" and index["unet"] == ["diffusers", "UNet3DConditionModel"]
+    back = VideoPipeline.from_pretrained(tmp_path / "export")
+    assert back.unet_config == ours.unet_config and type(back.scheduler).__name__ == "DDIMScheduler"
+    cond, noise = _inputs(batch=1, seed=2)
+    kwargs = dict(latents=noise, num_inference_steps=2, guidance_scale=3.0)
+    np.testing.assert_array_equal(np.asarray(ours.sample_latents(cond, **kwargs)), back.sample_latents(cond, **kwargs))
+
+    pipe = diffusers.TextToVideoSDPipeline.from_pretrained(str(tmp_path / "export"))  # diffusers reads it too
+    assert isinstance(pipe.scheduler, diffusers.DDIMScheduler)
+    assert pipe.tokenizer.model_max_length == TOKENS and pipe.text_encoder.config.hidden_size == WIDTH
+    exported = pipe.unet.state_dict()
+    for key, value in unet_folder[1].state_dict().items():
+        torch.testing.assert_close(exported[key], value, rtol=0, atol=0)
+
+    # without a text encoder: no text_encoder/ or tokenizer/, and our loader reads the folder back
+    VideoPipeline.from_pretrained(t2v_root, text_encoder=False).save_pretrained(tmp_path / "bare")
+    assert "text_encoder" not in json.loads((tmp_path / "bare" / "model_index.json").read_text())
+    assert VideoPipeline.from_pretrained(tmp_path / "bare", text_encoder=False).text_encoder is None

@@ -19,8 +19,6 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
 from spider_jax.convert.folders import (
@@ -31,6 +29,7 @@ from spider_jax.convert.folders import (
     write_config,
     write_weights,
 )
+from spider_jax.convert.tensor_map import flat_params, params_to_tensors, tensors_to_params
 from spider_jax.diffusion import unet2d, vae
 from spider_jax.diffusion.blocks import as_dtype
 from spider_jax.diffusion.unet2d import UNet2DConfig
@@ -39,9 +38,11 @@ from spider_jax.diffusion.vae import AutoencoderKLConfig
 __all__ = [
     "CheckpointMismatchError",
     "component_folder",
+    "load_component",
     "load_unet",
     "load_vae",
     "params_to_state_dict",
+    "save_component",
     "save_unet",
     "save_vae",
     "state_dict_to_params",
@@ -82,7 +83,7 @@ def torch_name(path: tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
-def _to_torch_layout(arr: np.ndarray) -> np.ndarray:
+def _to_torch_layout(arr: np.ndarray, path: tuple[str, ...] = ()) -> np.ndarray:
     if arr.ndim == 4:  # HWIO -> OIHW
         return arr.transpose(3, 2, 0, 1)
     if arr.ndim == 2:  # (in, out) -> (out, in)
@@ -90,10 +91,10 @@ def _to_torch_layout(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _from_torch_layout(arr: np.ndarray, flax_ndim: int) -> np.ndarray:
-    if flax_ndim == 4:
+def _from_torch_layout(arr: np.ndarray, path: tuple[str, ...] = ()) -> np.ndarray:
+    if arr.ndim == 4:  # OIHW -> HWIO
         return arr.transpose(2, 3, 1, 0)
-    if flax_ndim == 2:
+    if arr.ndim == 2:
         return arr.T
     return arr
 
@@ -108,9 +109,8 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _leaves(abstract: Any) -> Iterator[tuple[tuple[str, ...], tuple[int, ...]]]:
-    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract))[0]
-    for keys, leaf in flat:
-        yield tuple(str(getattr(k, "key", k)) for k in keys), tuple(leaf.shape)
+    for path, leaf in flat_params(abstract):
+        yield path, tuple(leaf.shape)
 
 
 def expected_tensors(abstract: Any) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -132,69 +132,30 @@ def _resolve_legacy(state: Mapping[str, np.ndarray], name: str) -> str | None:
     return None
 
 
+def _squeeze_1x1(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Old VAEs store attention projections as 1x1 convolutions (out, in, 1, 1)."""
+    return arr[:, :, 0, 0] if arr.ndim == 4 and len(shape) == 2 and arr.shape[2:] == (1, 1) else arr
+
+
 def state_dict_to_params(
     state: Mapping[str, np.ndarray], abstract: Any, dtype: Any = None, source: str = "state dict"
 ) -> dict[str, Any]:
     """diffusers tensors -> our nested params dict, checking every name and shape against ``abstract``."""
     expected = expected_tensors(abstract)
-    rename = {}
+    legacy = {}
     for name in expected:
         if name not in state:
-            legacy = _resolve_legacy(state, name)
-            if legacy is not None:
-                rename[legacy] = name
-    present = {rename.get(n, n) for n in state}
-    missing = sorted(set(expected) - present)
-    unexpected = sorted(present - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{source}: tensors do not match the config (missing {len(missing)}: {missing[:8]}; "
-            f"unexpected {len(unexpected)}: {unexpected[:8]})"
-        )
-    by_new = {new: old for old, new in rename.items()}
-    params: dict[str, Any] = {}
-    for name, (path, shape) in expected.items():
-        stored = by_new.get(name, name)
-        arr = np.asarray(state[stored])
-        if arr.ndim == 4 and len(shape) == 2 and arr.shape[2:] == (1, 1):  # 1x1-conv attention weights (old VAEs)
-            arr = arr[:, :, 0, 0]
-        if tuple(arr.shape) != shape:
-            raise CheckpointMismatchError(
-                f"{source}: tensor {stored!r} has shape {tuple(arr.shape)}, the config expects {shape}"
-            )
-        arr = _from_torch_layout(arr, len(shape))
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.ascontiguousarray(arr.astype(dtype) if dtype is not None else arr)
-    return params
+            old = _resolve_legacy(state, name)
+            if old is not None:
+                legacy[name] = old
+    return tensors_to_params(
+        state, expected, _from_torch_layout, dtype=dtype, source=source, stored_names=legacy, adapt=_squeeze_1x1
+    )
 
 
 def params_to_state_dict(params: Mapping[str, Any], abstract: Any, dtype: Any = None) -> dict[str, np.ndarray]:
     """Inverse of :func:`state_dict_to_params` (host numpy, torch layouts); checks the tree against ``abstract``."""
-    expected = expected_tensors(abstract)
-    got = {torch_name(path): np.asarray(jax.device_get(x)) for path, x in _flat(params)}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"parameter tree does not match the config (missing {len(missing)}: {missing[:8]}; "
-            f"unexpected {len(unexpected)}: {unexpected[:8]})"
-        )
-    state = {}
-    for name, (path, shape) in expected.items():
-        arr = _to_torch_layout(got[name])
-        if tuple(arr.shape) != shape:
-            raise CheckpointMismatchError(
-                f"parameter {'/'.join(path)} has torch shape {tuple(arr.shape)}, the config expects {shape}"
-            )
-        state[name] = np.ascontiguousarray(arr.astype(dtype) if dtype is not None else arr)
-    return state
-
-
-def _flat(params: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    for keys, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]:
-        yield tuple(str(getattr(k, "key", k)) for k in keys), leaf
+    return params_to_tensors(params, expected_tensors(abstract), torch_name, _to_torch_layout, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ folders
@@ -220,49 +181,63 @@ def _check_class(hf: Mapping[str, Any], expected: str, folder: str) -> None:
         raise ValueError(f"{folder}/config.json describes a {name}, expected {expected}")
 
 
-def _load(
+def load_component(
     path: str | os.PathLike,
     component: str,
     class_name: str,
     from_hf: Callable[..., Any],
     abstract_fn: Callable[[Any], Any],
     overrides: dict[str, Any],
+    to_params: Callable[..., dict[str, Any]] = state_dict_to_params,
 ) -> tuple[Any, dict[str, Any]]:
+    """``(config, params)`` of a diffusers model folder (or pipeline root + ``component``) whose config says
+    ``class_name``: ``from_hf(config.json, **overrides)``, then ``to_params(state, abstract_fn(config), dtype,
+    source)`` — tensors cast to ``overrides['param_dtype']`` when given."""
     folder = component_folder(path, component)
     hf = read_config(folder)
     _check_class(hf, class_name, folder)
     config = from_hf(hf, **overrides)
     cast = as_dtype(overrides["param_dtype"]) if "param_dtype" in overrides else None
     state = FolderState(folder, weights=(DIFFUSERS_WEIGHTS,))
-    return config, state_dict_to_params(state, abstract_fn(config), dtype=cast, source=folder)
+    return config, to_params(state, abstract_fn(config), dtype=cast, source=folder)
 
 
 def load_unet(path: str | os.PathLike, subfolder: str = "unet", **overrides: Any) -> tuple[UNet2DConfig, dict]:
     """``(config, params)`` from a diffusers UNet folder or pipeline root. ``overrides`` set execution fields
     (``dtype='bfloat16'``, ``param_dtype`` — tensors are then cast — ``attention_impl``)."""
-    return _load(
+    return load_component(
         path, subfolder, "UNet2DConditionModel", UNet2DConfig.from_hf_config, unet2d.abstract_params, overrides
     )
 
 
 def load_vae(path: str | os.PathLike, subfolder: str = "vae", **overrides: Any) -> tuple[AutoencoderKLConfig, dict]:
     """``(config, params)`` from a diffusers AutoencoderKL folder or pipeline root."""
-    return _load(path, subfolder, "AutoencoderKL", AutoencoderKLConfig.from_hf_config, vae.abstract_params, overrides)
+    return load_component(
+        path, subfolder, "AutoencoderKL", AutoencoderKLConfig.from_hf_config, vae.abstract_params, overrides
+    )
 
 
-def _save(config: Any, params: Mapping[str, Any], abstract: Any, folder: str | os.PathLike, dtype: Any) -> None:
-    state = params_to_state_dict(params, abstract, dtype=dtype)
+def save_component(
+    config: Any,
+    params: Mapping[str, Any],
+    abstract: Any,
+    folder: str | os.PathLike,
+    dtype: Any,
+    to_state: Callable[..., dict[str, np.ndarray]] = params_to_state_dict,
+) -> None:
+    """Writes ``to_state(params, abstract, dtype)`` as diffusers weights and ``config.to_hf_config()``."""
+    state = to_state(params, abstract, dtype=dtype)
     write_weights(state, folder, DIFFUSERS_WEIGHTS)
     write_config(config.to_hf_config(), folder)
 
 
 def save_unet(config: UNet2DConfig, params: Mapping[str, Any], folder: str | os.PathLike, dtype: Any = None) -> None:
     """Writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` for ``UNet2DConditionModel.from_pretrained``."""
-    _save(config, params, unet2d.abstract_params(config), folder, dtype)
+    save_component(config, params, unet2d.abstract_params(config), folder, dtype)
 
 
 def save_vae(
     config: AutoencoderKLConfig, params: Mapping[str, Any], folder: str | os.PathLike, dtype: Any = None
 ) -> None:
     """Writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` for ``AutoencoderKL.from_pretrained``."""
-    _save(config, params, vae.abstract_params(config), folder, dtype)
+    save_component(config, params, vae.abstract_params(config), folder, dtype)

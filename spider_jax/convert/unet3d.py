@@ -24,14 +24,14 @@ import numpy as np
 
 from spider_jax.convert.diffusers_models import (
     CheckpointMismatchError,
-    component_folder,
     expected_tensors,
+    load_component,
     params_to_state_dict,
+    save_component,
     state_dict_to_params,
 )
-from spider_jax.convert.folders import DIFFUSERS_WEIGHTS, FolderState, read_config, write_config, write_weights
+from spider_jax.convert.tensor_map import check_names
 from spider_jax.diffusion import unet3d
-from spider_jax.diffusion.blocks import as_dtype
 from spider_jax.diffusion.unet3d import UNet3DConfig
 
 __all__ = [
@@ -80,13 +80,7 @@ def unet3d_state_dict_to_params(
 ) -> dict[str, Any]:
     """diffusers UNet3D tensors -> our nested params dict; every name and shape is checked against ``abstract``."""
     expected = expected_unet3d_tensors(abstract)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{source}: tensors do not match the config (missing {len(missing)}: {missing[:8]}; "
-            f"unexpected {len(unexpected)}: {unexpected[:8]})"
-        )
+    check_names(expected, state, f"{source}: tensors do not match the config")
     canonical_state = {}
     for name, (canonical, shape) in expected.items():
         arr = np.asarray(state[name])
@@ -110,18 +104,17 @@ def params_to_unet3d_state_dict(params: Mapping[str, Any], abstract: Any, dtype:
 def load_unet3d(path: str | os.PathLike, subfolder: str = "unet", **overrides: Any) -> tuple[UNet3DConfig, dict]:
     """``(config, params)`` from a diffusers UNet3D folder or a TextToVideoSD pipeline root. ``overrides`` set
     execution fields (``dtype='bfloat16'``, ``param_dtype`` — tensors are then cast — ``attention_impl``)."""
-    folder = component_folder(path, subfolder)
-    hf = read_config(folder)
-    if hf.get("_class_name", CLASS_NAME) != CLASS_NAME:
-        raise ValueError(f"{folder}/config.json describes a {hf['_class_name']}, expected {CLASS_NAME}")
-    config = UNet3DConfig.from_hf_config(hf, **overrides)
-    cast = as_dtype(overrides["param_dtype"]) if "param_dtype" in overrides else None
-    state = FolderState(folder, weights=(DIFFUSERS_WEIGHTS,))
-    return config, unet3d_state_dict_to_params(state, unet3d.abstract_params(config), dtype=cast, source=folder)
+    return load_component(
+        path,
+        subfolder,
+        CLASS_NAME,
+        UNet3DConfig.from_hf_config,
+        unet3d.abstract_params,
+        overrides,
+        to_params=unet3d_state_dict_to_params,
+    )
 
 
 def save_unet3d(config: UNet3DConfig, params: Mapping[str, Any], folder: str | os.PathLike, dtype: Any = None) -> None:
     """Writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` for ``UNet3DConditionModel.from_pretrained``."""
-    state = params_to_unet3d_state_dict(params, unet3d.abstract_params(config), dtype=dtype)
-    write_weights(state, folder, DIFFUSERS_WEIGHTS)
-    write_config(config.to_hf_config(), folder)
+    save_component(config, params, unet3d.abstract_params(config), folder, dtype, to_state=params_to_unet3d_state_dict)

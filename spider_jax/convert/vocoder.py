@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
 from spider_jax.convert.diffusers_models import component_folder
@@ -33,6 +31,7 @@ from spider_jax.convert.folders import (
     write_config,
     write_weights,
 )
+from spider_jax.convert.tensor_map import flat_params, params_to_tensors, tensors_to_params
 from spider_jax.diffusion import vocoder
 from spider_jax.diffusion.blocks import as_dtype
 from spider_jax.diffusion.vocoder import HifiGanConfig
@@ -88,14 +87,9 @@ def _torch_shape(shape: tuple[int, ...], path: tuple[str, ...]) -> tuple[int, ..
     return (i, o, k) if _is_transposed(path) else (o, i, k)
 
 
-def _flat(tree: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
-    for keys, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]:
-        yield tuple(str(getattr(k, "key", k)) for k in keys), leaf
-
-
 def expected_tensors(abstract: Any) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """``torch name -> (flax path, torch shape)`` for an abstract parameter tree."""
-    return {torch_name(path): (path, _torch_shape(tuple(leaf.shape), path)) for path, leaf in _flat(abstract)}
+    return {torch_name(path): (path, _torch_shape(tuple(leaf.shape), path)) for path, leaf in flat_params(abstract)}
 
 
 def _fold_weight_norm(state: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
@@ -126,49 +120,16 @@ def state_dict_to_params(
     """``SpeechT5HifiGan`` tensors -> our nested params dict, checking every name and shape against ``abstract``."""
     if any(n.endswith(g) for n in state for g, _ in _WEIGHT_NORM):
         state = _fold_weight_norm(state, source)
-    expected = expected_tensors(abstract)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{source}: tensors do not match the vocoder config (missing {len(missing)}: {missing[:8]}; "
-            f"unexpected {len(unexpected)}: {unexpected[:8]})"
-        )
-    params: dict[str, Any] = {}
-    for name, (path, shape) in expected.items():
-        arr = np.asarray(state[name])
-        if tuple(arr.shape) != shape:
-            raise CheckpointMismatchError(
-                f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, the vocoder config expects {shape}"
-            )
-        arr = _from_torch(arr, path)
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.ascontiguousarray(arr.astype(dtype) if dtype is not None else arr)
-    return params
+    return tensors_to_params(
+        state, expected_tensors(abstract), _from_torch, dtype=dtype, source=source, what="the vocoder config"
+    )
 
 
 def params_to_state_dict(params: Mapping[str, Any], abstract: Any, dtype: Any = None) -> dict[str, np.ndarray]:
     """Inverse of :func:`state_dict_to_params` (host numpy, torch layouts); checks the tree against ``abstract``."""
-    expected = expected_tensors(abstract)
-    got = {torch_name(path): np.asarray(jax.device_get(x)) for path, x in _flat(params)}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"vocoder parameter tree does not match the config (missing {len(missing)}: {missing[:8]}; "
-            f"unexpected {len(unexpected)}: {unexpected[:8]})"
-        )
-    state = {}
-    for name, (path, shape) in expected.items():
-        arr = _to_torch(got[name], path)
-        if tuple(arr.shape) != shape:
-            raise CheckpointMismatchError(
-                f"vocoder parameter {'/'.join(path)} has torch shape {tuple(arr.shape)}, the config expects {shape}"
-            )
-        state[name] = np.ascontiguousarray(arr.astype(dtype) if dtype is not None else arr)
-    return state
+    return params_to_tensors(
+        params, expected_tensors(abstract), torch_name, _to_torch, dtype=dtype, what="vocoder parameter"
+    )
 
 
 def load_vocoder(path: str | os.PathLike, subfolder: str = "vocoder", **overrides: Any) -> tuple[HifiGanConfig, dict]:

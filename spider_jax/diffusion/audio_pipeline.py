@@ -24,10 +24,8 @@ from ``jax.random`` with the given seed, so outputs are deterministic per seed o
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -35,11 +33,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spider_jax.diffusion.pipelines import (
+    MODEL_INDEX,
+    PipelineMixin,
+    load_text_encoder,
+    read_model_index,
+    resolve_scheduler,
+    sampling_loop,
+    write_model_index,
+    write_scheduler,
+    write_text_encoder,
+)
 from spider_jax.diffusion.unet2d import UNet2DConditionModel, UNet2DConfig
 from spider_jax.diffusion.vae import AutoencoderKL, AutoencoderKLConfig
 from spider_jax.diffusion.vocoder import HifiGan, HifiGanConfig
 
-MODEL_INDEX = "model_index.json"
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 
 
@@ -57,22 +65,9 @@ def denoise(
 ) -> jax.Array:
     """Unit-variance noise -> clean latents, the whole loop in one program. ``cond`` / ``uncond`` are the (B, P)
     class-label embeddings (``uncond`` ignored without guidance); there are no encoder hidden states."""
-    latents = latents * scheduler.init_noise_sigma(state)
     labels = jnp.concatenate([uncond, cond]) if guided else cond
-
-    def body(i, carry):
-        x, st = carry
-        model_in = scheduler.scale_model_input(st, x, i)
-        if guided:
-            model_in = jnp.concatenate([model_in, model_in])
-        eps = unet.apply({"params": unet_params}, model_in, st.timesteps[i], None, labels).astype(jnp.float32)
-        if guided:
-            eps_uncond, eps_cond = jnp.split(eps, 2)
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-        return scheduler.step(st, eps, i, x)
-
-    latents, _ = jax.lax.fori_loop(0, state.timesteps.shape[0], body, (latents, state))
-    return latents
+    eps_fn = lambda x, t: unet.apply({"params": unet_params}, x, t, None, labels)
+    return sampling_loop(eps_fn, scheduler, state, latents, guidance_scale, guided)
 
 
 @partial(jax.jit, static_argnames=("vae", "vocoder"))
@@ -127,7 +122,7 @@ class AudioShape:
 
 
 @dataclasses.dataclass
-class AudioPipeline:
+class AudioPipeline(PipelineMixin):
     """AudioLDM: UNet + VAE + HiFi-GAN + scheduler, conditioned on S (B, P) with P = the UNet's
     ``projection_class_embeddings_input_dim`` (512 for the released checkpoints).
 
@@ -170,30 +165,17 @@ class AudioPipeline:
         instance, or a class name from ``schedulers.SCHEDULERS`` built from the folder's scheduler config."""
         from spider_jax.convert.diffusers_models import load_unet, load_vae
         from spider_jax.convert.vocoder import load_vocoder
-        from spider_jax.diffusion import schedulers as sched
 
         root = os.fspath(root)
-        index_path = os.path.join(root, MODEL_INDEX)
-        if not os.path.exists(index_path):
-            raise FileNotFoundError(f"{root}: not a diffusers pipeline folder (no {MODEL_INDEX})")
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = read_model_index(root)
         if "vocoder" not in index:
+            index_path = os.path.join(root, MODEL_INDEX)
             raise ValueError(f"{index_path} has no vocoder: not an AudioLDM pipeline ({index.get('_class_name')})")
         unet_config, unet_params = load_unet(root, dtype=dtype)
         vae_config, vae_params = load_vae(root, dtype=dtype)
         vocoder_config, vocoder_params = load_vocoder(root, dtype=dtype)
-        if scheduler is None:
-            scheduler = sched.load_scheduler(os.path.join(root, "scheduler"))
-        elif isinstance(scheduler, str):
-            if scheduler not in sched.SCHEDULERS:
-                raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {sorted(sched.SCHEDULERS)}")
-            scheduler = sched.SCHEDULERS[scheduler].from_pretrained(root, check_class=False)
-        encoder = None
-        if text_encoder:
-            from spider_jax.conditioning import DecoderTextEncoder
-
-            encoder = DecoderTextEncoder(root, "clap", dtype=dtype)
+        scheduler = resolve_scheduler(root, scheduler)
+        encoder = load_text_encoder(root, "clap", dtype=dtype, enabled=text_encoder)
         return cls(
             unet_config=unet_config,
             unet_params=jax.device_put(unet_params),
@@ -210,10 +192,6 @@ class AudioPipeline:
     @property
     def unet(self) -> UNet2DConditionModel:
         return UNet2DConditionModel(self.unet_config)
-
-    @property
-    def vae(self) -> AutoencoderKL:
-        return AutoencoderKL(self.vae_config)
 
     @property
     def vocoder(self) -> HifiGan:
@@ -258,12 +236,6 @@ class AudioPipeline:
 
     # ------------------------------------------------------------------------------------------ sampling
 
-    def encode_prompt(self, texts: Sequence[str]) -> np.ndarray:
-        """The decoder's own conditioning (T_e) of ``texts``: L2-normalised CLAP text embeddings (B, P)."""
-        if self.text_encoder is None:
-            raise ValueError("this pipeline was built without a text encoder; pass embeddings instead")
-        return self.text_encoder(list(texts))
-
     def initial_noise(self, batch: int, audio_length_in_s: float | None = None, seed: int = 0) -> jax.Array:
         """Unit Gaussian latents (B, h, w, C) for ``seed``."""
         shape = (batch, *self.audio_shape(audio_length_in_s).latent_shape)
@@ -295,14 +267,9 @@ class AudioPipeline:
         cond = self._check_embedding(cond, "conditioning S")
         batch = cond.shape[0]
         guided = guidance_scale > 1.0
-        if guided:
-            if negative is None:
-                negative = self.encode_prompt([""])
-            negative = self._check_embedding(negative, "negative embedding")
-            if negative.shape != cond.shape:
-                negative = jnp.broadcast_to(negative, cond.shape)
-        else:
-            negative = cond
+        negative = self.guidance_negative(
+            cond, negative, guided, lambda x: self._check_embedding(x, "negative embedding")
+        )
         if latents is None:
             latents = self.initial_noise(batch, audio_length_in_s, seed)
         latents = jnp.asarray(latents, jnp.float32)
@@ -350,21 +317,12 @@ class AudioPipeline:
         save_unet(self.unet_config, jax.device_get(self.unet_params), os.path.join(root, "unet"))
         save_vae(self.vae_config, jax.device_get(self.vae_params), os.path.join(root, "vae"))
         save_vocoder(self.vocoder_config, jax.device_get(self.vocoder_params), os.path.join(root, "vocoder"))
-        os.makedirs(os.path.join(root, "scheduler"), exist_ok=True)
-        with open(os.path.join(root, "scheduler", "scheduler_config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.scheduler.to_config(), f, indent=2)
         index: dict[str, Any] = {
             "_class_name": "AudioLDMPipeline",
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
-            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "scheduler": write_scheduler(root, self.scheduler),
             "vocoder": ["transformers", "SpeechT5HifiGan"],
         }
-        if self.text_encoder is not None:
-            encoder = self.text_encoder
-            save_clap_text(encoder.config, jax.device_get(encoder.params), os.path.join(root, "text_encoder"))
-            encoder.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
-            index["text_encoder"] = ["transformers", "ClapTextModelWithProjection"]
-            index["tokenizer"] = ["transformers", type(encoder.tokenizer).__name__]
-        with open(os.path.join(root, MODEL_INDEX), "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
+        index.update(write_text_encoder(root, self.text_encoder, save_clap_text, "ClapTextModelWithProjection"))
+        write_model_index(root, index)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -30,12 +30,212 @@ from spider_jax.diffusion.vae import AutoencoderKL, AutoencoderKLConfig
 MODEL_INDEX = "model_index.json"
 
 
-def _read_model_index(root: str) -> dict[str, Any]:
-    path = os.path.join(root, MODEL_INDEX)
+# ------------------------------------------------------------------------------------------ shared by the pipelines
+# The image, audio (``audio_pipeline``) and video (``video_pipeline``) decoders read and write the same diffusers
+# folder pieces (model_index.json, scheduler/, text_encoder/ + tokenizer/) and share the guidance conventions.
+
+
+def read_model_index(root: str | os.PathLike) -> dict[str, Any]:
+    """The pipeline folder's ``model_index.json``; ``FileNotFoundError`` when ``root`` is not a pipeline folder."""
+    path = os.path.join(os.fspath(root), MODEL_INDEX)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{root}: not a diffusers pipeline folder (no {MODEL_INDEX})")
+        raise FileNotFoundError(f"{os.fspath(root)}: not a diffusers pipeline folder (no {MODEL_INDEX})")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def resolve_scheduler(root: str | os.PathLike, scheduler: Any = None) -> Any:
+    """The scheduler a pipeline runs: None -> the folder's own (``root/scheduler``); a class name from
+    ``schedulers.SCHEDULERS`` -> that class built from the folder's scheduler config (diffusers' scheduler swap);
+    anything else is taken as a scheduler instance."""
+    from spider_jax.diffusion import schedulers as sched
+
+    root = os.fspath(root)
+    if scheduler is None:
+        return sched.load_scheduler(os.path.join(root, "scheduler"))
+    if isinstance(scheduler, str):
+        if scheduler not in sched.SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {sorted(sched.SCHEDULERS)}")
+        return sched.SCHEDULERS[scheduler].from_pretrained(root, check_class=False)
+    return scheduler
+
+
+def load_text_encoder(root: str | os.PathLike, kind: str, *, dtype: str, enabled: bool = True) -> Any:
+    """The folder's ``text_encoder/`` + ``tokenizer/`` as a :class:`spider_jax.conditioning.DecoderTextEncoder`
+    (``kind`` ``"clip"`` or ``"clap"``), or None when not ``enabled``."""
+    if not enabled:
+        return None
+    from spider_jax.conditioning import DecoderTextEncoder
+
+    return DecoderTextEncoder(os.fspath(root), kind, dtype=dtype)
+
+
+def write_scheduler(root: str | os.PathLike, scheduler: Any) -> list[str]:
+    """Writes ``root/scheduler/scheduler_config.json``; returns the scheduler's ``model_index.json`` entry."""
+    folder = os.path.join(os.fspath(root), "scheduler")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "scheduler_config.json"), "w", encoding="utf-8") as f:
+        json.dump(scheduler.to_config(), f, indent=2)
+    return ["diffusers", type(scheduler).__name__]
+
+
+def write_text_encoder(
+    root: str | os.PathLike, encoder: Any, save: Any, model_class: str, tokenizer_class: str | None = None
+) -> dict[str, list[str]]:
+    """Writes ``text_encoder/`` (with ``save(config, params, folder)``) and ``tokenizer/`` for a
+    ``DecoderTextEncoder``; returns their ``model_index.json`` entries (none when ``encoder`` is None).
+    ``tokenizer_class`` defaults to the tokenizer's own class name."""
+    if encoder is None:
+        return {}
+    root = os.fspath(root)
+    save(encoder.config, jax.device_get(encoder.params), os.path.join(root, "text_encoder"))
+    encoder.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
+    return {
+        "text_encoder": ["transformers", model_class],
+        "tokenizer": ["transformers", tokenizer_class or type(encoder.tokenizer).__name__],
+    }
+
+
+def write_model_index(root: str | os.PathLike, index: dict[str, Any]) -> None:
+    with open(os.path.join(os.fspath(root), MODEL_INDEX), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)
+
+
+def latent_size(height: int, width: int, downsample_factor: int) -> tuple[int, int]:
+    """Latent (h, w) for an image size, which must be a multiple of the VAE's downsampling factor."""
+    f = downsample_factor
+    if height % f or width % f:
+        raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
+    return height // f, width // f
+
+
+def check_hidden_states(cond: Any, cross_attention_dim: Any) -> jax.Array:
+    """``cond`` as float32 (B, L, D), D checked against the UNet's ``cross_attention_dim`` (when a single int)."""
+    cond = jnp.asarray(cond, jnp.float32)
+    if cond.ndim != 3:
+        raise ValueError(f"conditioning must be (batch, tokens, width), got shape {cond.shape}")
+    if isinstance(cross_attention_dim, int) and cond.shape[-1] != cross_attention_dim:
+        raise ValueError(f"conditioning width {cond.shape[-1]} != the UNet's cross_attention_dim {cross_attention_dim}")
+    return cond
+
+
+class PipelineMixin:
+    """Methods the pipeline dataclasses share; they define ``vae_config`` and ``text_encoder`` (a
+    ``DecoderTextEncoder`` or None)."""
+
+    vae_config: AutoencoderKLConfig
+    text_encoder: Any
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return AutoencoderKL(self.vae_config)
+
+    def encode_prompt(self, texts: Sequence[str]) -> np.ndarray:
+        """The decoder's own conditioning (T_e) of ``texts``: CLIP hidden states (B, 77, D) for the image and video
+        decoders, L2-normalised CLAP text embeddings (B, P) for the audio one."""
+        if self.text_encoder is None:
+            raise ValueError("this pipeline was built without a text encoder; pass embeddings instead")
+        return self.text_encoder(list(texts))
+
+    def guidance_negative(
+        self, cond: jax.Array, negative: Any, guided: bool, check: Callable[[Any], jax.Array] | None = None
+    ) -> jax.Array:
+        """The unconditional half of classifier-free guidance, broadcast to ``cond``'s shape: ``negative``, else the
+        text encoder's embedding of ``""``; ``check`` validates it (default: cast to float32). Without guidance,
+        ``cond`` itself (the denoising loop ignores it)."""
+        if not guided:
+            return cond
+        if negative is None:
+            negative = self.encode_prompt([""])
+        negative = check(negative) if check is not None else jnp.asarray(negative, jnp.float32)
+        return jnp.broadcast_to(negative, cond.shape)
+
+
+class CrossAttentionPipelineMixin(PipelineMixin):
+    """The image and video pipelines: S is the UNet's cross-attention context (B, L, D); fields ``unet_config``,
+    ``unet_params``, ``vae_config``, ``vae_params``, ``scheduler``, ``text_encoder`` (CLIP), in that order."""
+
+    unet_config: Any
+
+    @classmethod
+    def _from_folder(
+        cls, root: str | os.PathLike, load_unet: Callable[..., Any], *, scheduler: Any, dtype: str, text_encoder: bool
+    ) -> Any:
+        from spider_jax.convert.diffusers_models import load_vae
+
+        root = os.fspath(root)
+        read_model_index(root)
+        unet_config, unet_params = load_unet(root, dtype=dtype)
+        vae_config, vae_params = load_vae(root, dtype=dtype)
+        scheduler = resolve_scheduler(root, scheduler)
+        encoder = load_text_encoder(root, "clip", dtype=dtype, enabled=text_encoder)
+        return cls(unet_config, jax.device_put(unet_params), vae_config, jax.device_put(vae_params), scheduler, encoder)
+
+    def _save_folder(self, root: str | os.PathLike, save_unet: Callable[..., Any], index: dict[str, Any]) -> None:
+        """``unet/`` (written by ``save_unet``), ``vae/``, ``scheduler/``, ``text_encoder/`` + ``tokenizer/`` when
+        present, and ``model_index.json``: ``index`` (pipeline class, UNet class, ...) plus those components."""
+        from spider_jax.convert.clip import save_clip_text
+        from spider_jax.convert.diffusers_models import save_vae
+
+        root = os.fspath(root)
+        os.makedirs(root, exist_ok=True)
+        save_unet(self.unet_config, jax.device_get(self.unet_params), os.path.join(root, "unet"))
+        save_vae(self.vae_config, jax.device_get(self.vae_params), os.path.join(root, "vae"))
+        index = {**index, "vae": ["diffusers", "AutoencoderKL"], "scheduler": write_scheduler(root, self.scheduler)}
+        index.update(write_text_encoder(root, self.text_encoder, save_clip_text, "CLIPTextModel", "CLIPTokenizer"))
+        write_model_index(root, index)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet_config.in_channels
+
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) in pixels as diffusers: UNet ``sample_size`` × the VAE's downsampling factor."""
+        size = self.unet_config.sample_size
+        if size is None:
+            raise ValueError("the UNet config has no sample_size; pass height and width")
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        f = self.vae_config.downsample_factor
+        return h * f, w * f
+
+    def size_or_default(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """(height, width) with a missing side taken from :meth:`default_size`."""
+        default_h, default_w = (None, None) if height and width else self.default_size()
+        return height or default_h, width or default_w
+
+
+def sampling_loop(
+    eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    scheduler: Any,
+    state: Any,
+    latents: jax.Array,
+    guidance_scale: jax.Array,
+    guided: bool,
+    step_shape: tuple[int, ...] | None = None,
+) -> jax.Array:
+    """The denoising loop the pipelines share, to be traced inside their ``jax.jit``: ``lax.fori_loop`` over the
+    scheduler's steps from unit-variance ``latents`` to clean ones. ``eps_fn(model_in, t)`` is the UNet with its
+    conditioning bound; with guidance ``model_in`` is the batch twice, ``[uncond, cond]``, and ``ε = ε_u + g·(ε_c −
+    ε_u)``. ``step_shape``: the shape the scheduler steps on when it differs from the latents' (video: frames
+    folded into the batch)."""
+    latents = latents * scheduler.init_noise_sigma(state)
+
+    def body(i, carry):
+        x, st = carry
+        model_in = scheduler.scale_model_input(st, x, i)
+        if guided:
+            model_in = jnp.concatenate([model_in, model_in])
+        eps = eps_fn(model_in, st.timesteps[i]).astype(jnp.float32)
+        if guided:
+            eps_uncond, eps_cond = jnp.split(eps, 2)
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        if step_shape is None:
+            return scheduler.step(st, eps, i, x)
+        x, st = scheduler.step(st, eps.reshape(step_shape), i, x.reshape(step_shape))
+        return x.reshape(latents.shape), st
+
+    latents, _ = jax.lax.fori_loop(0, state.timesteps.shape[0], body, (latents, state))
+    return latents
 
 
 @partial(jax.jit, static_argnames=("unet", "scheduler", "guided"))
@@ -55,23 +255,9 @@ def denoise(
     ``latents`` are the unit-variance noise (scaled by the scheduler's ``init_noise_sigma`` here); ``cond`` /
     ``uncond`` the cross-attention conditioning (B, L, D). Without guidance ``uncond`` is ignored.
     """
-    latents = latents * scheduler.init_noise_sigma(state)
     context = jnp.concatenate([uncond, cond]) if guided else cond
-
-    def body(i, carry):
-        x, st = carry
-        model_in = scheduler.scale_model_input(st, x, i)
-        if guided:
-            model_in = jnp.concatenate([model_in, model_in])
-        eps = unet.apply({"params": unet_params}, model_in, st.timesteps[i], encoder_hidden_states=context)
-        eps = eps.astype(jnp.float32)
-        if guided:
-            eps_uncond, eps_cond = jnp.split(eps, 2)
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-        return scheduler.step(st, eps, i, x)
-
-    latents, _ = jax.lax.fori_loop(0, state.timesteps.shape[0], body, (latents, state))
-    return latents
+    eps_fn = lambda x, t: unet.apply({"params": unet_params}, x, t, encoder_hidden_states=context)
+    return sampling_loop(eps_fn, scheduler, state, latents, guidance_scale, guided)
 
 
 @partial(jax.jit, static_argnames=("vae",))
@@ -106,7 +292,7 @@ def save_png(images: np.ndarray, folder: str | os.PathLike, prefix: str = "image
 
 
 @dataclasses.dataclass
-class ImagePipeline:
+class ImagePipeline(CrossAttentionPipelineMixin):
     """Stable Diffusion 1.5 as Spider's image decoder: UNet + VAE + scheduler, conditioned on S (B, 77, 768).
 
     ``text_encoder`` (a :class:`spider_jax.conditioning.DecoderTextEncoder`) gives the unconditional embedding
@@ -127,57 +313,17 @@ class ImagePipeline:
         """Loads a local diffusers Stable Diffusion folder (``model_index.json``, ``unet/``, ``vae/``,
         ``scheduler/``, ``text_encoder/`` + ``tokenizer/``). ``scheduler``: a scheduler instance, or a class name
         from ``schedulers.SCHEDULERS`` built from the folder's scheduler config (diffusers' scheduler swap)."""
-        from spider_jax.convert.diffusers_models import load_unet, load_vae
-        from spider_jax.diffusion import schedulers as sched
+        from spider_jax.convert.diffusers_models import load_unet
 
-        root = os.fspath(root)
-        _read_model_index(root)
-        unet_config, unet_params = load_unet(root, dtype=dtype)
-        vae_config, vae_params = load_vae(root, dtype=dtype)
-        if scheduler is None:
-            scheduler = sched.load_scheduler(os.path.join(root, "scheduler"))
-        elif isinstance(scheduler, str):
-            if scheduler not in sched.SCHEDULERS:
-                raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {sorted(sched.SCHEDULERS)}")
-            scheduler = sched.SCHEDULERS[scheduler].from_pretrained(root, check_class=False)
-        encoder = None
-        if text_encoder:
-            from spider_jax.conditioning import DecoderTextEncoder
-
-            encoder = DecoderTextEncoder(root, "clip", dtype=dtype)
-        return cls(unet_config, jax.device_put(unet_params), vae_config, jax.device_put(vae_params), scheduler, encoder)
+        return cls._from_folder(root, load_unet, scheduler=scheduler, dtype=dtype, text_encoder=text_encoder)
 
     @property
     def unet(self) -> UNet2DConditionModel:
         return UNet2DConditionModel(self.unet_config)
 
-    @property
-    def vae(self) -> AutoencoderKL:
-        return AutoencoderKL(self.vae_config)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.unet_config.in_channels
-
-    def default_size(self) -> tuple[int, int]:
-        """(height, width) in pixels as diffusers: UNet ``sample_size`` × the VAE's downsampling factor."""
-        size = self.unet_config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        f = self.vae_config.downsample_factor
-        return h * f, w * f
-
-    def encode_prompt(self, texts: Sequence[str]) -> np.ndarray:
-        """The decoder's own text conditioning (T_e) of ``texts``: (B, 77, D)."""
-        if self.text_encoder is None:
-            raise ValueError("this pipeline was built without a text encoder; pass embeddings instead")
-        return self.text_encoder(list(texts))
-
     def initial_noise(self, batch: int, height: int, width: int, seed: int) -> jax.Array:
         """Unit Gaussian latents (B, h, w, C) for ``seed``."""
-        f = self.vae_config.downsample_factor
-        if height % f or width % f:
-            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
-        shape = (batch, height // f, width // f, self.latent_channels)
+        shape = (batch, *latent_size(height, width, self.vae_config.downsample_factor), self.latent_channels)
         return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
 
     def sample_latents(
@@ -194,25 +340,12 @@ class ImagePipeline:
     ) -> jax.Array:
         """Denoised latents (B, h, w, C) for the conditioning ``cond`` (B, L, D). ``latents`` overrides the
         seeded initial noise (unit variance, NHWC)."""
-        cond = jnp.asarray(cond, jnp.float32)
-        if cond.ndim != 3:
-            raise ValueError(f"conditioning must be (batch, tokens, width), got shape {cond.shape}")
-        want = self.unet_config.cross_attention_dim
-        if isinstance(want, int) and cond.shape[-1] != want:
-            raise ValueError(f"conditioning width {cond.shape[-1]} != the UNet's cross_attention_dim {want}")
+        cond = check_hidden_states(cond, self.unet_config.cross_attention_dim)
         batch = cond.shape[0]
         guided = guidance_scale > 1.0
-        if guided:
-            if negative is None:
-                negative = jnp.broadcast_to(jnp.asarray(self.encode_prompt([""])), cond.shape)
-            negative = jnp.asarray(negative, jnp.float32)
-            if negative.shape != cond.shape:
-                negative = jnp.broadcast_to(negative, cond.shape)
-        else:
-            negative = cond
+        negative = self.guidance_negative(cond, negative, guided)
         if latents is None:
-            default_h, default_w = self.default_size()
-            latents = self.initial_noise(batch, height or default_h, width or default_w, seed)
+            latents = self.initial_noise(batch, *self.size_or_default(height, width), seed)
         latents = jnp.asarray(latents, jnp.float32)
         if latents.shape[0] != batch:
             raise ValueError(f"{latents.shape[0]} initial latents for {batch} conditionings")
@@ -231,30 +364,13 @@ class ImagePipeline:
     def save_pretrained(self, root: str | os.PathLike) -> None:
         """Writes a diffusers Stable Diffusion folder (without safety checker) that diffusers and
         :meth:`from_pretrained` load back."""
-        from spider_jax.convert.clip import save_clip_text
-        from spider_jax.convert.diffusers_models import save_unet, save_vae
+        from spider_jax.convert.diffusers_models import save_unet
 
-        root = os.fspath(root)
-        os.makedirs(root, exist_ok=True)
-        save_unet(self.unet_config, jax.device_get(self.unet_params), os.path.join(root, "unet"))
-        save_vae(self.vae_config, jax.device_get(self.vae_params), os.path.join(root, "vae"))
-        os.makedirs(os.path.join(root, "scheduler"), exist_ok=True)
-        with open(os.path.join(root, "scheduler", "scheduler_config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.scheduler.to_config(), f, indent=2)
-        index: dict[str, Any] = {
+        index = {
             "_class_name": "StableDiffusionPipeline",
             "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-            "scheduler": ["diffusers", type(self.scheduler).__name__],
             "safety_checker": [None, None],
             "feature_extractor": [None, None],
             "requires_safety_checker": False,
         }
-        if self.text_encoder is not None:
-            encoder = self.text_encoder
-            save_clip_text(encoder.config, jax.device_get(encoder.params), os.path.join(root, "text_encoder"))
-            encoder.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
-            index["text_encoder"] = ["transformers", "CLIPTextModel"]
-            index["tokenizer"] = ["transformers", "CLIPTokenizer"]
-        with open(os.path.join(root, MODEL_INDEX), "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
+        self._save_folder(root, save_unet, index)

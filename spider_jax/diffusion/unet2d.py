@@ -36,6 +36,7 @@ from spider_jax.diffusion.blocks import (
     group_norm,
     timestep_embedding,
 )
+from spider_jax.diffusion.config_utils import check_block_types, config_from_hf, config_to_hf
 
 _DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 _UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -121,17 +122,7 @@ class UNet2DConfig:
         if isinstance(self.sample_size, list):
             object.__setattr__(self, "sample_size", tuple(self.sample_size))
         n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(
-                f"down_block_types ({len(self.down_block_types)}), up_block_types ({len(self.up_block_types)}) and "
-                f"block_out_channels ({n}) must have the same length"
-            )
-        for t in self.down_block_types:
-            if t not in _DOWN_TYPES:
-                raise ValueError(f"down block type {t!r} is not supported (supported: {_DOWN_TYPES})")
-        for t in self.up_block_types:
-            if t not in _UP_TYPES:
-                raise ValueError(f"up block type {t!r} is not supported (supported: {_UP_TYPES})")
+        check_block_types(self.down_block_types, self.up_block_types, self.block_out_channels, _DOWN_TYPES, _UP_TYPES)
         if self.mid_block_type not in _MID_TYPES:
             raise ValueError(f"mid_block_type {self.mid_block_type!r} is not supported (supported: {_MID_TYPES})")
         if self.class_embed_type not in _CLASS_EMBED_TYPES:
@@ -177,24 +168,11 @@ class UNet2DConfig:
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> UNet2DConfig:
         """Config from a diffusers ``config.json`` dict; unsupported features raise ``ValueError`` naming the key."""
-        for key, allowed in _UNSUPPORTED.items():
-            if hf.get(key, allowed[0]) not in allowed:
-                raise ValueError(f"UNet config {key}={hf[key]!r} is not supported (supported: {allowed})")
-        names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "attention_impl"}
-        kwargs = {k: v for k, v in hf.items() if k in names}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return config_from_hf(cls, hf, overrides, unsupported=_UNSUPPORTED, label="UNet")
 
     def to_hf_config(self) -> dict[str, Any]:
         """The diffusers ``config.json`` for this UNet (``UNet2DConditionModel.from_pretrained`` reads it)."""
-        out: dict[str, Any] = {"_class_name": "UNet2DConditionModel"}
-        for f in dataclasses.fields(self):
-            if f.name in ("dtype", "param_dtype", "attention_impl"):
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        out.update({k: allowed[0] for k, allowed in _UNSUPPORTED.items()})
-        return out
+        return config_to_hf(self, {"_class_name": "UNet2DConditionModel"}, unsupported=_UNSUPPORTED)
 
 
 class UNetDownBlock(_Typed):

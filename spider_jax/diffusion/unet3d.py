@@ -42,6 +42,7 @@ from spider_jax.diffusion.blocks import (
     group_norm,
     timestep_embedding,
 )
+from spider_jax.diffusion.config_utils import check_block_types, config_from_hf, config_to_hf
 from spider_jax.diffusion.temporal_blocks import TemporalConvLayer, TransformerTemporalModel
 
 _DOWN_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
@@ -54,7 +55,6 @@ _UNSUPPORTED = {
     "num_attention_heads": (None,),
     "time_cond_proj_dim": (None,),
 }
-_EXEC_FIELDS = ("dtype", "param_dtype", "attention_impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,18 +83,7 @@ class UNet3DConfig:
         for name in ("down_block_types", "up_block_types", "block_out_channels", "attention_head_dim", "sample_size"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(
-                f"down_block_types ({len(self.down_block_types)}), up_block_types ({len(self.up_block_types)}) and "
-                f"block_out_channels ({n}) must have the same length"
-            )
-        for t in self.down_block_types:
-            if t not in _DOWN_TYPES:
-                raise ValueError(f"down block type {t!r} is not supported (supported: {_DOWN_TYPES})")
-        for t in self.up_block_types:
-            if t not in _UP_TYPES:
-                raise ValueError(f"up block type {t!r} is not supported (supported: {_UP_TYPES})")
+        check_block_types(self.down_block_types, self.up_block_types, self.block_out_channels, _DOWN_TYPES, _UP_TYPES)
         if not isinstance(self.attention_head_dim, int):
             # diffusers builds transformer_in with attention_head_dim as its head width, which must be one int.
             raise ValueError(
@@ -128,24 +117,11 @@ class UNet3DConfig:
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> UNet3DConfig:
         """Config from a diffusers ``config.json`` dict; unsupported features raise ``ValueError`` naming the key."""
-        for key, allowed in _UNSUPPORTED.items():
-            if hf.get(key, allowed[0]) not in allowed:
-                raise ValueError(f"UNet3D config {key}={hf[key]!r} is not supported (supported: {allowed})")
-        names = {f.name for f in dataclasses.fields(cls)} - set(_EXEC_FIELDS)
-        kwargs = {k: v for k, v in hf.items() if k in names}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return config_from_hf(cls, hf, overrides, unsupported=_UNSUPPORTED, label="UNet3D")
 
     def to_hf_config(self) -> dict[str, Any]:
         """The diffusers ``config.json`` for this UNet (``UNet3DConditionModel.from_pretrained`` reads it)."""
-        out: dict[str, Any] = {"_class_name": "UNet3DConditionModel"}
-        for f in dataclasses.fields(self):
-            if f.name in _EXEC_FIELDS:
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        out.update({k: allowed[0] for k, allowed in _UNSUPPORTED.items()})
-        return out
+        return config_to_hf(self, {"_class_name": "UNet3DConditionModel"}, unsupported=_UNSUPPORTED)
 
 
 class _Block3D(_Typed):

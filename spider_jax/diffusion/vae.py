@@ -31,6 +31,7 @@ from spider_jax.diffusion.blocks import (
     conv2d,
     group_norm,
 )
+from spider_jax.diffusion.config_utils import config_from_hf, config_to_hf
 
 _UNSUPPORTED = {"act_fn": ("silu", "swish")}
 
@@ -93,22 +94,10 @@ class AutoencoderKLConfig:
 
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> AutoencoderKLConfig:
-        for key, allowed in _UNSUPPORTED.items():
-            if hf.get(key, allowed[0]) not in allowed:
-                raise ValueError(f"VAE config {key}={hf[key]!r} is not supported (supported: {allowed})")
-        names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "attention_impl"}
-        kwargs = {k: v for k, v in hf.items() if k in names}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return config_from_hf(cls, hf, overrides, unsupported=_UNSUPPORTED, label="VAE")
 
     def to_hf_config(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"_class_name": "AutoencoderKL", "act_fn": "silu"}
-        for f in dataclasses.fields(self):
-            if f.name in ("dtype", "param_dtype", "attention_impl"):
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return config_to_hf(self, {"_class_name": "AutoencoderKL", "act_fn": "silu"})
 
 
 def _mid_block(cfg: AutoencoderKLConfig, dt: dict) -> UNetMidBlock2D:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 from fractions import Fraction
 from functools import partial
 from typing import Any
@@ -29,7 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spider_jax.diffusion.pipelines import _read_model_index, to_uint8
+from spider_jax.diffusion.pipelines import (
+    CrossAttentionPipelineMixin,
+    check_hidden_states,
+    latent_size,
+    sampling_loop,
+    to_uint8,
+)
 from spider_jax.diffusion.unet3d import UNet3DConditionModel, UNet3DConfig
 from spider_jax.diffusion.vae import AutoencoderKL, AutoencoderKLConfig
 
@@ -49,23 +54,9 @@ def denoise_video(
     """The full sampling loop (``lax.fori_loop`` over the scheduler's steps) from unit noise ``(B, F, h, w, C)`` to
     clean latents. ``state`` must come from ``scheduler.set_timesteps(n, (B·F, h, w, C))``."""
     b, f, h, w, c = latents.shape
-    latents = latents * scheduler.init_noise_sigma(state)
     context = jnp.concatenate([uncond, cond]) if guided else cond
-
-    def body(i, carry):
-        x, st = carry
-        model_in = scheduler.scale_model_input(st, x, i)
-        if guided:
-            model_in = jnp.concatenate([model_in, model_in])
-        eps = unet.apply({"params": unet_params}, model_in, st.timesteps[i], context).astype(jnp.float32)
-        if guided:
-            eps_uncond, eps_cond = jnp.split(eps, 2)
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-        x, st = scheduler.step(st, eps.reshape(b * f, h, w, c), i, x.reshape(b * f, h, w, c))
-        return x.reshape(b, f, h, w, c), st
-
-    latents, _ = jax.lax.fori_loop(0, state.timesteps.shape[0], body, (latents, state))
-    return latents
+    eps_fn = lambda x, t: unet.apply({"params": unet_params}, x, t, context)
+    return sampling_loop(eps_fn, scheduler, state, latents, guidance_scale, guided, step_shape=(b * f, h, w, c))
 
 
 @partial(jax.jit, static_argnames=("vae", "frames_per_decode"))
@@ -91,7 +82,7 @@ def decode_video(vae: AutoencoderKL, vae_params: Any, latents: jax.Array, frames
 
 
 @dataclasses.dataclass
-class VideoPipeline:
+class VideoPipeline(CrossAttentionPipelineMixin):
     """Zeroscope (``TextToVideoSDPipeline`` layout): UNet3D + VAE + scheduler, conditioned on S (B, 77, D).
 
     ``text_encoder`` (a :class:`spider_jax.conditioning.DecoderTextEncoder`) gives the unconditional embedding for
@@ -112,60 +103,18 @@ class VideoPipeline:
         """Loads a local diffusers text-to-video folder (``model_index.json``, ``unet/`` UNet3DConditionModel,
         ``vae/``, ``scheduler/``, ``text_encoder/`` + ``tokenizer/``). ``scheduler``: an instance, or a class name
         from ``schedulers.SCHEDULERS`` built from the folder's scheduler config (diffusers' scheduler swap)."""
-        from spider_jax.convert.diffusers_models import load_vae
         from spider_jax.convert.unet3d import load_unet3d
-        from spider_jax.diffusion import schedulers as sched
 
-        root = os.fspath(root)
-        _read_model_index(root)
-        unet_config, unet_params = load_unet3d(root, dtype=dtype)
-        vae_config, vae_params = load_vae(root, dtype=dtype)
-        if scheduler is None:
-            scheduler = sched.load_scheduler(os.path.join(root, "scheduler"))
-        elif isinstance(scheduler, str):
-            if scheduler not in sched.SCHEDULERS:
-                raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {sorted(sched.SCHEDULERS)}")
-            scheduler = sched.SCHEDULERS[scheduler].from_pretrained(root, check_class=False)
-        encoder = None
-        if text_encoder:
-            from spider_jax.conditioning import DecoderTextEncoder
-
-            encoder = DecoderTextEncoder(root, "clip", dtype=dtype)
-        return cls(unet_config, jax.device_put(unet_params), vae_config, jax.device_put(vae_params), scheduler, encoder)
+        return cls._from_folder(root, load_unet3d, scheduler=scheduler, dtype=dtype, text_encoder=text_encoder)
 
     @property
     def unet(self) -> UNet3DConditionModel:
         return UNet3DConditionModel(self.unet_config)
 
-    @property
-    def vae(self) -> AutoencoderKL:
-        return AutoencoderKL(self.vae_config)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.unet_config.in_channels
-
-    def default_size(self) -> tuple[int, int]:
-        """(height, width) in pixels as diffusers: UNet ``sample_size`` × the VAE's downsampling factor."""
-        size = self.unet_config.sample_size
-        if size is None:
-            raise ValueError("the UNet config has no sample_size; pass height and width")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        f = self.vae_config.downsample_factor
-        return h * f, w * f
-
-    def encode_prompt(self, texts: Sequence[str]) -> np.ndarray:
-        """The decoder's own text conditioning (T_e) of ``texts``: (B, 77, D)."""
-        if self.text_encoder is None:
-            raise ValueError("this pipeline was built without a text encoder; pass embeddings instead")
-        return self.text_encoder(list(texts))
-
     def initial_noise(self, batch: int, num_frames: int, height: int, width: int, seed: int) -> jax.Array:
         """Unit Gaussian latents (B, F, h, w, C) for ``seed``."""
-        f = self.vae_config.downsample_factor
-        if height % f or width % f:
-            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
-        shape = (batch, num_frames, height // f, width // f, self.latent_channels)
+        h, w = latent_size(height, width, self.vae_config.downsample_factor)
+        shape = (batch, num_frames, h, w, self.latent_channels)
         return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
 
     def sample_latents(
@@ -183,23 +132,12 @@ class VideoPipeline:
     ) -> jax.Array:
         """Denoised latents (B, F, h, w, C) for the conditioning ``cond`` (B, L, D). ``latents`` overrides the
         seeded initial noise (unit variance, (B, F, h, w, C); then ``num_frames``/``height``/``width`` are unused)."""
-        cond = jnp.asarray(cond, jnp.float32)
-        if cond.ndim != 3:
-            raise ValueError(f"conditioning must be (batch, tokens, width), got shape {cond.shape}")
-        want = self.unet_config.cross_attention_dim
-        if cond.shape[-1] != want:
-            raise ValueError(f"conditioning width {cond.shape[-1]} != the UNet's cross_attention_dim {want}")
+        cond = check_hidden_states(cond, self.unet_config.cross_attention_dim)
         batch = cond.shape[0]
         guided = guidance_scale > 1.0
-        if guided:
-            if negative is None:
-                negative = self.encode_prompt([""])
-            negative = jnp.broadcast_to(jnp.asarray(negative, jnp.float32), cond.shape)
-        else:
-            negative = cond
+        negative = self.guidance_negative(cond, negative, guided)
         if latents is None:
-            default_h, default_w = (None, None) if height and width else self.default_size()
-            latents = self.initial_noise(batch, num_frames, height or default_h, width or default_w, seed)
+            latents = self.initial_noise(batch, num_frames, *self.size_or_default(height, width), seed)
         latents = jnp.asarray(latents, jnp.float32)
         if latents.ndim != 5 or latents.shape[0] != batch or latents.shape[-1] != self.latent_channels:
             raise ValueError(
@@ -218,6 +156,15 @@ class VideoPipeline:
     def __call__(self, cond: jax.Array | np.ndarray, *, frames_per_decode: int = 0, **kwargs: Any) -> np.ndarray:
         """S (B, 77, D) -> uint8 video (B, F, H, W, 3). Keyword arguments as :meth:`sample_latents`."""
         return to_uint8(self.decode(self.sample_latents(cond, **kwargs), frames_per_decode))
+
+    def save_pretrained(self, root: str | os.PathLike) -> None:
+        """Writes a diffusers ``TextToVideoSDPipeline`` folder (``unet/`` UNet3DConditionModel, ``vae/``,
+        ``scheduler/``, and ``text_encoder/`` + ``tokenizer/`` when this pipeline has them — diffusers needs them
+        to load the folder) that diffusers and :meth:`from_pretrained` load back."""
+        from spider_jax.convert.unet3d import save_unet3d
+
+        index = {"_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"]}
+        self._save_folder(root, save_unet3d, index)
 
 
 # ------------------------------------------------------------------------------------------ writers

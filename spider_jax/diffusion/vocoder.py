@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from spider_jax.diffusion.blocks import as_dtype
+from spider_jax.diffusion.config_utils import config_from_hf, config_to_hf
 
 CONV1D_AXES = ("conv_kernel", "channels", "channels_out")
 BIAS_AXES = ("channels_out",)
@@ -102,20 +103,12 @@ class HifiGanConfig:
         model_type = hf.get("model_type", "speecht5_hifigan")
         if model_type != "speecht5_hifigan":
             raise ValueError(f"vocoder config has model_type {model_type!r}, expected 'speecht5_hifigan'")
-        names = {f.name for f in dataclasses.fields(cls)} - set(_EXECUTION_FIELDS)
-        kwargs = {k: v for k, v in hf.items() if k in names}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return config_from_hf(cls, hf, overrides, exec_fields=_EXECUTION_FIELDS)
 
     def to_hf_config(self) -> dict[str, Any]:
         """The ``config.json`` dict ``SpeechT5HifiGan.from_pretrained`` reads."""
-        out: dict[str, Any] = {"architectures": ["SpeechT5HifiGan"], "model_type": "speecht5_hifigan"}
-        for f in dataclasses.fields(self):
-            if f.name in _EXECUTION_FIELDS:
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = [list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, tuple) else value
-        return out
+        head = {"architectures": ["SpeechT5HifiGan"], "model_type": "speecht5_hifigan"}
+        return config_to_hf(self, head, exec_fields=_EXECUTION_FIELDS)
 
 
 # ------------------------------------------------------------------------------------------ layers
