@@ -26,6 +26,7 @@ from spider_jax.convert.folders import (
     write_config,
     write_weights,
 )
+from spider_jax.convert.tensor_map import get_path, set_path
 from spider_jax.models.llama import as_dtype
 from spider_jax.models.text_encoders import CLIPTextConfig
 
@@ -47,16 +48,6 @@ def resolve_component(path: str | os.PathLike, component: str) -> str:
     raise FileNotFoundError(f"{path}: neither a model folder (no config.json) nor a pipeline with {component}/")
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def linear(flax_path: tuple[str, ...], hf_name: str, d_in: int, d_out: int, bias: bool = True) -> Iterator[Entry]:
@@ -99,7 +90,7 @@ def state_to_params(
                 f"{source}: tensor {hf_name!r} has shape {tuple(arr.shape)}, the {what} config expects {hf_shape}"
             )
         arr = np.asarray(arr).T if transpose else np.asarray(arr)
-        _set(params, path, np.ascontiguousarray(arr.astype(dtype) if dtype is not None else arr))
+        set_path(params, path, np.ascontiguousarray(arr.astype(dtype) if dtype is not None else arr))
     return params
 
 
@@ -109,7 +100,7 @@ def params_to_state(params: Mapping[str, Any], entries: Iterable[Entry], dtype: 
     state: dict[str, np.ndarray] = {}
     for path, hf_name, transpose, flax_shape in entries:
         try:
-            value = _get(params, path)
+            value = get_path(params, path)
         except (KeyError, TypeError) as e:
             raise CheckpointMismatchError(f"parameter tree lacks {'/'.join(path)} (for {hf_name!r})") from e
         arr = np.asarray(jax.device_get(value))

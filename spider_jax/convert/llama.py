@@ -22,6 +22,7 @@ from spider_jax.convert.folders import (  # noqa: F401  (CheckpointMismatchError
     read_config,
     write_weights,
 )
+from spider_jax.convert.tensor_map import get_path, set_path
 from spider_jax.models import lora as lora_lib
 from spider_jax.models.llama import LlamaConfig, RopeScaling, as_dtype
 
@@ -175,16 +176,6 @@ def expected_hf_names(config: LlamaConfig) -> list[str]:
     return names
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 # ------------------------------------------------------------------------------------- state dicts
@@ -220,18 +211,18 @@ def hf_state_dict_to_params(
 
     params: dict[str, Any] = {}
     for path, hf_name, transpose, shape in _global_entries(config):
-        _set(params, path, fetch(hf_name, transpose, shape))
+        set_path(params, path, fetch(hf_name, transpose, shape))
     layer_entries = list(_layer_entries(config))
     if config.scan_layers:
         for path, suffix, transpose, shape in layer_entries:
             stacked = np.stack(
                 [fetch(f"model.layers.{i}.{suffix}", transpose, shape) for i in range(config.num_hidden_layers)]
             )
-            _set(params, ("model", "layers") + path, stacked)
+            set_path(params, ("model", "layers") + path, stacked)
     else:
         for i in range(config.num_hidden_layers):
             for path, suffix, transpose, shape in layer_entries:
-                _set(params, ("model", f"layers_{i}") + path, fetch(f"model.layers.{i}.{suffix}", transpose, shape))
+                set_path(params, ("model", f"layers_{i}") + path, fetch(f"model.layers.{i}.{suffix}", transpose, shape))
     return params
 
 
@@ -246,13 +237,13 @@ def params_to_hf_state_dict(params: Mapping[str, Any], config: LlamaConfig, dtyp
     state: dict[str, np.ndarray] = {}
     try:
         for path, hf_name, transpose, _ in _global_entries(config):
-            state[hf_name] = host(_get(params, path), transpose)
+            state[hf_name] = host(get_path(params, path), transpose)
         for path, suffix, transpose, _ in _layer_entries(config):
             for i in range(config.num_hidden_layers):
                 if config.scan_layers:
-                    value = _get(params, ("model", "layers") + path)[i]
+                    value = get_path(params, ("model", "layers") + path)[i]
                 else:
-                    value = _get(params, ("model", f"layers_{i}") + path)
+                    value = get_path(params, ("model", f"layers_{i}") + path)
                 state[f"model.layers.{i}.{suffix}"] = host(value, transpose)
     except KeyError as e:
         raise CheckpointMismatchError(f"parameter tree lacks {e} expected by the config") from e

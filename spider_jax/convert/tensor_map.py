@@ -41,6 +41,19 @@ def check_names(expected: Iterable[str], present: Iterable[str], what: str) -> N
         )
 
 
+def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    """``tree[p0][p1]...[pn] = value``, creating the intermediate dicts."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def get_path(tree: Mapping, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
 def cast(arr: np.ndarray, dtype: Any = None) -> np.ndarray:
     """A contiguous host copy/view of ``arr``, cast to ``dtype`` when given."""
     return np.asarray(arr.astype(dtype) if dtype is not None else arr, order="C")  # keeps 0-d tensors 0-d
