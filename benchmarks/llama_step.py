@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from spider_jax.convert.llama import load_hf_checkpoint  # noqa: E402
-from spider_jax.generate import greedy_generate  # noqa: E402
+from spider_jax.generate import SamplingConfig, decode, greedy_generate  # noqa: E402
 from spider_jax.models.llama import LlamaForCausalLM  # noqa: E402
 from spider_jax.trainer import next_token_loss  # noqa: E402
 
@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("--decode_batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--decode_only", action="store_true", help="skip the train step")
     p.add_argument("--json", default="", help="also write the results to this file")
     args = p.parse_args()
 
@@ -99,15 +100,16 @@ def main() -> None:
         out = torch_model(ids_torch, labels=ids_torch)
         out.loss.backward()
 
-    jax_t, torch_t = interleaved_median(
-        lambda: jax.block_until_ready(jax_grads(params, ids_jax)), torch_step, args.repeats
-    )
-    tokens = args.batch * args.seq
-    results["train_fwd_bwd"] = {
-        "jax_tokens_per_s": tokens / jax_t,
-        "torch_tokens_per_s": tokens / torch_t,
-        "ratio_jax_over_torch": torch_t / jax_t,
-    }
+    if not args.decode_only:
+        jax_t, torch_t = interleaved_median(
+            lambda: jax.block_until_ready(jax_grads(params, ids_jax)), torch_step, args.repeats
+        )
+        tokens = args.batch * args.seq
+        results["train_fwd_bwd"] = {
+            "jax_tokens_per_s": tokens / jax_t,
+            "torch_tokens_per_s": tokens / torch_t,
+            "ratio_jax_over_torch": torch_t / jax_t,
+        }
 
     # ---- greedy decode with KV cache
     prompt = rng.randint(3, args.vocab, (args.decode_batch, args.prompt))
@@ -132,13 +134,45 @@ def main() -> None:
                 pad_token_id=0,
             )
 
-    jax_t, torch_t = interleaved_median(jax_decode, torch_decode, max(3, args.repeats // 2))
     new = args.decode_batch * args.new_tokens
-    results["greedy_decode"] = {
-        "jax_tokens_per_s": new / jax_t,
-        "torch_tokens_per_s": new / torch_t,
-        "ratio_jax_over_torch": torch_t / jax_t,
-    }
+    repeats = max(3, args.repeats // 2)
+
+    def record(name, jax_fn, torch_fn):
+        jax_t, torch_t = interleaved_median(jax_fn, torch_fn, repeats)
+        results[name] = {
+            "jax_tokens_per_s": new / jax_t,
+            "torch_tokens_per_s": new / torch_t,
+            "ratio_jax_over_torch": torch_t / jax_t,
+        }
+
+    record("greedy_decode", jax_decode, torch_decode)
+
+    # ---- sampled decode (temperature + top-k + top-p), and greedy with Spider's M-Prompt capture
+    sampling = SamplingConfig(temperature=0.8, top_k=50, top_p=0.9)
+    never = jnp.asarray([-5], jnp.int32)  # no stop token: exactly new_tokens each, as min_new_tokens on torch
+
+    def jax_sampled():
+        out = decode(config, variables, prompt, mask, args.new_tokens, sampling=sampling,
+                     rng=jax.random.PRNGKey(0), stop_ids=never)  # fmt: skip
+        jax.block_until_ready(out.tokens)
+
+    def torch_sampled():
+        with torch.no_grad():
+            torch_model.generate(
+                prompt_torch, attention_mask=torch.ones_like(prompt_torch), do_sample=True, temperature=0.8,
+                top_k=50, top_p=0.9, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                use_cache=True, pad_token_id=0,
+            )  # fmt: skip
+
+    record("sampled_decode", jax_sampled, torch_sampled)
+    capture_ids = jnp.arange(args.vocab - 8, args.vocab, dtype=jnp.int32)  # 8 stand-in M-Prompt tokens
+
+    def jax_capture():
+        out = decode(config, variables, prompt, mask, args.new_tokens, stop_ids=never, capture_ids=capture_ids,
+                     max_captures=16)  # fmt: skip
+        jax.block_until_ready(out.tokens)
+
+    record("greedy_capture", jax_capture, torch_decode)  # torch: plain greedy (it has no capture to time)
 
     machine = (
         f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), "

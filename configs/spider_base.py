@@ -122,5 +122,36 @@ def spider_config() -> ml_collections.ConfigDict:
     )
     c.run_stages = "stage1,stage2,stage3"  # which of ``stages`` this config runs, in order
     c.eval = ml_collections.ConfigDict(dict(questions=200, max_new_tokens=256, seed=10_000, batch_size=8))
+    # Generation (python -m spider_jax.generate): decoding, the decoders S conditions, grounding, input encoder.
+    c.generate = ml_collections.ConfigDict(
+        dict(max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0, seed=0, batch_size=4)
+    )
+    c.decoders = ml_collections.ConfigDict(
+        dict(
+            # local diffusers folders; steps / guidance as NExT-GPT's and diffusers' defaults for each model
+            image=dict(folder="", scheduler="", dtype="float32", steps=50, guidance_scale=7.5, height=0, width=0),
+            audio=dict(folder="", scheduler="", dtype="float32", steps=200, guidance_scale=2.5, seconds=5.0),
+            video=dict(
+                folder="", scheduler="", dtype="float32", steps=40, guidance_scale=9.0, frames=24, height=320,
+                width=576,
+            ),
+            fps=8,
+        )
+    )
+    c.grounding = ml_collections.ConfigDict(  # <BOX>/<MASK> groups: GroundingDINO + SAM (PyTorch, grounding/)
+        dict(
+            dino="",  # hf download IDEA-Research/grounding-dino-tiny (or -base) --local-dir <folder>
+            sam="",  # hf download facebook/sam-vit-base (or -huge) --local-dir <folder>
+            box_threshold=0.35,  # Grounded-SAM's defaults
+            text_threshold=0.25,
+            max_boxes=10,
+            multimask_output=False,
+            mask_threshold=0.0,
+            device="cpu",
+            dtype="float32",
+            batch_size=8,
+        )
+    )
+    c.imagebind = ml_collections.ConfigDict(dict(checkpoint="", config="imagebind_huge"))  # E^X of input media
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1))
     return c

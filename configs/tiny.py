@@ -58,4 +58,11 @@ def get_config():
     c.train.update(dict(log_every=25, checkpoint_every=50, keep_checkpoints=2))
     c.eval.update(dict(questions=40, max_new_tokens=320, batch_size=8))  # answers ≤ 158 tokens at max_concat 2
     c.mesh.update(dict(data=2, fsdp=2, tensor=2))
+    # Generation: tiny random decoders around the demo's text encoders (demo_decoders.py), a few steps each.
+    c.demo_decoders = True  # build them under output_dir/demo_assets when decoders.*.folder are empty
+    c.generate.update(dict(max_new_tokens=320, batch_size=8))
+    c.decoders.image.update(dict(steps=4, guidance_scale=3.0, height=64, width=64))
+    c.decoders.audio.update(dict(steps=4, seconds=1.0))
+    c.decoders.video.update(dict(steps=4, guidance_scale=3.0, frames=6, height=32, width=32))
+    c.grounding.update(dict(box_threshold=0.0, text_threshold=0.0, max_boxes=3))  # random heads: show top boxes
     return c

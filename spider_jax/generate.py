@@ -10,7 +10,7 @@ the answer length. Two things make it Spider's decoder rather than a plain LM sa
 * **forced tokens**: ``forced_ids`` (B, F) fixes the first answer tokens (``-1`` = free), e.g. to start every
   answer with ``[OUT]`` or to replay a known answer and read its M-Prompt states.
 
-``python -m spider_jax.generate`` is the any-to-many CLI (``spider_jax.any_to_many``); this module stays free of
+``python -m spider_jax.generate`` is the any-to-many CLI (``spider_jax.generation_cli``); this module stays free of
 the decoders so the LM alone imports it cheaply.
 """
 
@@ -230,10 +230,10 @@ def greedy_generate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spider_jax.generate``: see :mod:`spider_jax.any_to_many`."""
-    from spider_jax import any_to_many
+    """``python -m spider_jax.generate``: see :mod:`spider_jax.generation_cli`."""
+    from spider_jax import generation_cli
 
-    return any_to_many.main(argv)
+    return generation_cli.main(argv)
 
 
 if __name__ == "__main__":
