@@ -2,11 +2,13 @@
 
 Measures (fp32 by default):
   * train: forward + backward of the next-token loss over all parameters, tokens/s
-  * decode: greedy generation with a KV cache (prompt, then N new tokens), new tokens/s
+  * decode: greedy generation with a KV cache (prompt, then N new tokens), new tokens/s; sampled decoding
+    (temperature 0.8, top-k 50, top-p 0.9) vs ``generate(do_sample=True)``; and greedy with Spider's M-Prompt
+    hidden-state capture switched on (vs plain greedy ``generate``: the capture is our extra work)
 and prints the JAX/PyTorch ratio for each. Compile time is excluded (one warm-up call each), and the two
 sides are timed in alternation; medians are reported. Usage:
 
-    python benchmarks/llama_step.py [--layers 4 --hidden 512 --batch 2 --seq 256 --new_tokens 128]
+    python benchmarks/llama_step.py [--layers 4 --hidden 512 --batch 2 --seq 256 --new_tokens 128] [--decode_only]
 """
 
 from __future__ import annotations

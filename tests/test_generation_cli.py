@@ -5,16 +5,14 @@ generation feeds a decoder equals the S of the training forward pass on the same
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import SAMPLES_DIR, tiny_spider_flags
 
 from spider_jax import template as tpl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLES = os.path.join(ROOT, "data", "samples")
+SAMPLES = SAMPLES_DIR
 IMAGE = os.path.join(SAMPLES, "coco", "images", "000000000001.png")
 GROUPS = [
     tpl.Group("IMAGE", "a red bus on a street", "Here is a picture."),
@@ -29,37 +27,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny Spider run (base from the LM job, stage 1 for a few steps): a real checkpoint to load."""
-    base_run, run = tmp_path_factory.mktemp("base"), tmp_path_factory.mktemp("spider_run")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "--config=configs/tiny_lm.py",
-         f"--config.output_dir={base_run}", "--config.pretrain.steps=5", "--config.train.steps=1",
-         "--config.train.export_merged=false"],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), *_config_flags(str(base_run / "base_hf")),
-         f"--config.output_dir={run}", "--config.eval.questions=1", "--config.eval.max_new_tokens=2"],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
-    return str(run), str(base_run / "base_hf")
-
-
-def _config_flags(base):
-    return [
-        "--config=configs/tiny.py", f"--config.base_model={base}", "--config.run_stages=stage1",
-        "--config.stages.stage1.steps=2", "--config.data.batch_size=8", "--config.data.max_length=128",
-        f"--config.data.samples_dir={SAMPLES}",
-    ]  # fmt: skip
+def run_dir(tiny_spider_run):
+    return tiny_spider_run
 
 
 def _generate(run_dir, out, *extra):
     from spider_jax import generation_cli
 
     run, base = run_dir
-    argv = ["generate", *_config_flags(base), f"--checkpoint={run}", f"--out={out}", "--max_new_tokens=200", *extra]
+    argv = ["generate", *tiny_spider_flags(base), f"--checkpoint={run}", f"--out={out}", "--max_new_tokens=200", *extra]
     return generation_cli.main(argv)
 
 
@@ -156,7 +132,7 @@ def test_generation_conditioning_equals_the_training_forward_pass(run_dir):
 
     run, base = run_dir
     fv = flags.FlagValues()
-    argv = ["x", *_config_flags(base)]
+    argv = ["x", *tiny_spider_flags(base)]
     cf.DEFINE_config_file("config", "configs/tiny.py", "", flag_values=fv, sys_argv=argv)
     fv(argv)
     generator = generation_cli.load_generator(fv.config, run)

@@ -75,19 +75,6 @@ def _metrics(path):
         return {r["step"]: r for r in map(json.loads, f) if r}
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    """A tiny HF LLaMA base (+ tokenizer) made by the LM job, shared by the training-job tests."""
-    base_run = tmp_path_factory.mktemp("base")
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "--config=configs/tiny_lm.py",
-         f"--config.output_dir={base_run}", "--config.pretrain.steps=5", "--config.train.steps=1",
-         "--config.train.export_merged=false"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    return str(base_run / "base_hf")
-
-
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, tiny_base):
     env = dict(os.environ, PYTHONPATH=ROOT)
