@@ -79,66 +79,12 @@ def _done(root: str) -> bool:
     return os.path.exists(os.path.join(root, "model_index.json"))
 
 
-def make_image_decoder(root: str, text_folder: str, width: int, seed: int = 11) -> str:
-    """A tiny Stable-Diffusion-1.5-layout folder (PNDM as SD1.5 ships) whose UNet reads ``width``-wide S."""
+def audioldm_unet(width: int, sample_size: int = 16):
+    """AudioLDM's UNet layout at toy width: the CLAP vector (``width``) is a concatenated class embedding."""
     import diffusers
-    import torch
 
-    if _done(root):
-        return root
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        **TINY_UNET,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width,
-    )
-    diffusers.StableDiffusionPipeline(
-        vae=_perturbed(diffusers.AutoencoderKL(**TINY_VAE), seed + 1),
-        unet=_perturbed(unet, seed + 2),
-        scheduler=_scheduler("PNDMScheduler", 0.00085, 0.012, skip_prk_steps=True),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        **_text_parts(text_folder, "clip"),
-    ).save_pretrained(root)
-    return root
-
-
-def make_video_decoder(root: str, text_folder: str, width: int, seed: int = 13) -> str:
-    """A tiny Zeroscope-layout folder (``TextToVideoSDPipeline``, UNet3D, DDIM)."""
-    import diffusers
-    import torch
-
-    if _done(root):
-        return root
-    torch.manual_seed(seed)
-    unet = diffusers.UNet3DConditionModel(
-        **TINY_UNET,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=width,
-    )
-    diffusers.TextToVideoSDPipeline(
-        vae=_perturbed(diffusers.AutoencoderKL(**TINY_VAE), seed + 1),
-        unet=_perturbed(unet, seed + 2),
-        scheduler=_scheduler("DDIMScheduler", 0.00085, 0.012, clip_sample=False),
-        **_text_parts(text_folder, "clip"),
-    ).save_pretrained(root)
-    return root
-
-
-def make_audio_decoder(root: str, text_folder: str, width: int, seed: int = 17) -> str:
-    """A tiny AudioLDM-layout folder: the CLAP embedding (``width``) enters the UNet as a class embedding."""
-    import diffusers
-    import torch
-    import transformers
-
-    if _done(root):
-        return root
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=16,
+    return diffusers.UNet2DConditionModel(
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
@@ -152,6 +98,62 @@ def make_audio_decoder(root: str, text_folder: str, width: int, seed: int = 17) 
         projection_class_embeddings_input_dim=width,
         class_embeddings_concat=True,
     )
+
+
+def _cross_attention_decoder(root: str, text_folder: str, width: int, seed: int, video: bool) -> str:
+    """SD1.5 layout (PNDM, as SD1.5 ships) or, with ``video``, Zeroscope's (UNet3D, DDIM); S is ``width`` wide."""
+    import diffusers
+    import torch
+
+    if _done(root):
+        return root
+    dims = "3D" if video else "2D"
+    torch.manual_seed(seed)
+    unet_cls = diffusers.UNet3DConditionModel if video else diffusers.UNet2DConditionModel
+    unet = unet_cls(
+        **TINY_UNET,
+        down_block_types=(f"CrossAttnDownBlock{dims}", f"DownBlock{dims}"),
+        up_block_types=(f"UpBlock{dims}", f"CrossAttnUpBlock{dims}"),
+        cross_attention_dim=width,
+    )
+    parts = dict(
+        vae=_perturbed(diffusers.AutoencoderKL(**TINY_VAE), seed + 1),
+        unet=_perturbed(unet, seed + 2),
+        **_text_parts(text_folder, "clip"),
+    )
+    if video:
+        pipe = diffusers.TextToVideoSDPipeline(
+            scheduler=_scheduler("DDIMScheduler", 0.00085, 0.012, clip_sample=False), **parts
+        )
+    else:
+        pipe = diffusers.StableDiffusionPipeline(
+            scheduler=_scheduler("PNDMScheduler", 0.00085, 0.012, skip_prk_steps=True),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False, **parts,
+        )  # fmt: skip
+    pipe.save_pretrained(root)
+    return root
+
+
+def make_image_decoder(root: str, text_folder: str, width: int, seed: int = 11) -> str:
+    """A tiny Stable-Diffusion-1.5-layout folder whose UNet reads ``width``-wide S."""
+    return _cross_attention_decoder(root, text_folder, width, seed, video=False)
+
+
+def make_video_decoder(root: str, text_folder: str, width: int, seed: int = 13) -> str:
+    """A tiny Zeroscope-layout folder (``TextToVideoSDPipeline``, UNet3D, DDIM)."""
+    return _cross_attention_decoder(root, text_folder, width, seed, video=True)
+
+
+def make_audio_decoder(root: str, text_folder: str, width: int, seed: int = 17) -> str:
+    """A tiny AudioLDM-layout folder: the CLAP embedding (``width``) enters the UNet as a class embedding."""
+    import diffusers
+    import torch
+    import transformers
+
+    if _done(root):
+        return root
+    torch.manual_seed(seed)
+    unet = audioldm_unet(width)
     vocoder = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(**TINY_VOCODER))
     vae = diffusers.AutoencoderKL(**{**TINY_VAE, "in_channels": 1, "out_channels": 1, "scaling_factor": 0.9227914})
     diffusers.AudioLDMPipeline(

@@ -19,6 +19,7 @@ import transformers
 
 from spider_jax.convert.safetensors_io import SafetensorsFile, save_file
 from spider_jax.demo_assets import make_clap_text_folder, make_clip_text_folder
+from spider_jax.demo_decoders import TINY_VAE
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
@@ -34,14 +35,7 @@ SD_UNET_TINY = dict(
     norm_num_groups=8,
     sample_size=16,
 )
-VAE_TINY = dict(
-    block_out_channels=(8, 16),
-    down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2,
-    norm_num_groups=4,
-    latent_channels=4,
-    layers_per_block=1,
-)
+VAE_TINY = TINY_VAE  # the demo decoders' two-level VAE (factor 2)
 
 
 def perturb(model: torch.nn.Module, seed: int, scale: float = 0.02) -> torch.nn.Module:

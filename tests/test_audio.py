@@ -21,6 +21,7 @@ import transformers
 from spider_jax.convert.folders import CheckpointMismatchError
 from spider_jax.convert.safetensors_io import SafetensorsFile
 from spider_jax.convert.vocoder import expected_tensors, load_vocoder, save_vocoder
+from spider_jax.demo_decoders import audioldm_unet
 from spider_jax.diffusion import vocoder
 from spider_jax.diffusion.audio_pipeline import AudioPipeline, write_wav
 from spider_jax.diffusion.vocoder import HifiGan, HifiGanConfig
@@ -79,21 +80,7 @@ def audioldm_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("tiny_audioldm"))
     text = text_components(root, "clap", PROJ, TOKENS)
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(  # AudioLDM layout: CLAP vector as concatenated class embedding
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=(32, 64),
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-        class_embed_type="simple_projection",
-        projection_class_embeddings_input_dim=PROJ,
-        class_embeddings_concat=True,
-    )
+    unet = audioldm_unet(PROJ, sample_size=8)  # AudioLDM layout: CLAP vector as concatenated class embedding
     vae = tiny_vae(in_channels=1, out_channels=1, scaling_factor=0.9227914)
     pipe = diffusers.AudioLDMPipeline(
         vae=perturb(vae, 1),
