@@ -108,3 +108,17 @@ def test_sampled_frequencies_follow_the_softmax():
     nucleus = np.asarray(pick_tokens(logits, SamplingConfig(temperature=1.0, top_p=0.6), jax.random.PRNGKey(1)))
     freq = np.bincount(nucleus, minlength=4) / len(nucleus)
     np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.015)  # renormalised over the kept two
+
+
+def test_top_k_fast_path_draws_from_the_filtered_distribution():
+    """pick_tokens samples among lax.top_k's k best (then top-p on those); the frequencies must match the
+    full-vocabulary filter_logits distribution."""
+    rng = np.random.default_rng(0)
+    row = jnp.asarray(rng.normal(size=(1, 40)) * 2.0, jnp.float32)
+    logits = jnp.tile(row, (40000, 1))
+    sampling = SamplingConfig(temperature=0.7, top_k=5, top_p=0.8)
+    drawn = np.asarray(pick_tokens(logits, sampling, jax.random.PRNGKey(2)))
+    freq = np.bincount(drawn, minlength=40) / len(drawn)
+    expected = np.asarray(jax.nn.softmax(filter_logits(row, sampling), axis=-1))[0]
+    assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(expected))
+    np.testing.assert_allclose(freq, expected, atol=0.01)
