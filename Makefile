@@ -17,8 +17,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+DEMO_PROMPT ?= Show me an image of a red bus on a city street. Let me hear an audio of rain falling on a roof.
+
 demo: $(STAMP)
 	$(PY) train.py --config configs/tiny.py
+	$(PY) -m spider_jax.generate --config configs/tiny.py --checkpoint runs/tiny --prompt "$(DEMO_PROMPT)" \
+		--out runs/tiny/generated
 
 test: $(STAMP)
 	$(PY) -m ruff check .
