@@ -196,6 +196,7 @@ class SpiderGenerator:
         self._embed = jax.jit(lambda v, b: input_embeddings(job.spider, v, b))
         self._decoders: dict[str, Any] = {}
         self._grounding = None
+        self._resolved = not cfg.get("demo_decoders")
         ids = job.template_ids.mprompt_to_modality
         self.mprompt_ids = np.asarray(sorted(ids), np.int32)
         self.id_to_token = {i: self.job.tokenizer.decode([i]).strip() for i in ids}
@@ -303,10 +304,20 @@ class SpiderGenerator:
                     found[g] = states[block.b + n][1]
         return [found.get(g) for g in range(len(parsed.groups))]
 
+    def _decoder_config(self) -> ml_collections.ConfigDict:
+        """``cfg`` with the demo's tiny decoders filled in (``demo_decoders``), resolved on the first decoder use
+        so text-only work (captioning evals) never builds them."""
+        if not self._resolved:
+            from spider_jax import demo_decoders
+
+            self.cfg, self._resolved = demo_decoders.resolve(self.cfg), True
+        return self.cfg
+
     def decoder(self, modality: str):
         """The diffusion pipeline of ``modality`` (loaded once); raises with what to configure when absent."""
         if modality in self._decoders:
             return self._decoders[modality]
+        self._decoder_config()
         d = self.cfg.decoders.get(modality.lower())
         folder = d.folder if d is not None else ""
         if not folder or not os.path.exists(os.path.join(folder, "model_index.json")):
@@ -359,6 +370,7 @@ class SpiderGenerator:
         if self._grounding is None:
             from spider_jax.grounding import heads
 
+            self._decoder_config()
             g = self.cfg.grounding
             self._grounding = heads.GroundingHeads.from_config(g)
         return self._grounding

@@ -185,3 +185,20 @@ def build_demo_decoders(cfg: ml_collections.ConfigDict) -> dict[str, str]:
         folder = os.path.join(root, f"decoder_{modality.lower()}")
         folders[modality] = BUILDERS[modality](folder, text_folder, spec.width)
     return folders
+
+
+def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``cfg`` whose empty decoder / grounding folders point at the demo's tiny random ones (built once)
+    when ``cfg.demo_decoders`` is set; ``cfg`` unchanged otherwise."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    if not cfg.get("demo_decoders"):
+        return cfg
+    for modality, folder in build_demo_decoders(cfg).items():
+        if not cfg.decoders[modality.lower()].folder:
+            cfg.decoders[modality.lower()].folder = folder
+    if not cfg.grounding.dino or not cfg.grounding.sam:
+        from spider_jax.grounding import tiny
+
+        dino, sam = tiny.make_tiny_grounding_folders(os.path.join(cfg.output_dir, "demo_assets", "grounding"))
+        cfg.grounding.dino, cfg.grounding.sam = cfg.grounding.dino or dino, cfg.grounding.sam or sam
+    return cfg

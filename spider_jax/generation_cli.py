@@ -59,24 +59,6 @@ def _flags(argv: Sequence[str]):
     return fv
 
 
-def resolve_decoders(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Fills empty decoder / grounding folders with the demo's tiny random ones when the config asks for them."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    if not cfg.get("demo_decoders"):
-        return cfg
-    from spider_jax import demo_decoders
-
-    for modality, folder in demo_decoders.build_demo_decoders(cfg).items():
-        if not cfg.decoders[modality.lower()].folder:
-            cfg.decoders[modality.lower()].folder = folder
-    if not cfg.grounding.dino or not cfg.grounding.sam:
-        from spider_jax.grounding import tiny
-
-        dino, sam = tiny.make_tiny_grounding_folders(os.path.join(cfg.output_dir, "demo_assets", "grounding"))
-        cfg.grounding.dino, cfg.grounding.sam = cfg.grounding.dino or dino, cfg.grounding.sam or sam
-    return cfg
-
-
 def load_generator(cfg: ml_collections.ConfigDict, checkpoint: str):
     """A :class:`~spider_jax.any_to_many.SpiderGenerator` for ``cfg`` with the weights at ``checkpoint``."""
     import jax
@@ -98,7 +80,7 @@ def load_generator(cfg: ml_collections.ConfigDict, checkpoint: str):
         variables = {**like, **convert_spider.import_trainables(checkpoint, like)}
     else:
         variables = spider_train.load_stage_variables(job, spider_train.stage_names(cfg)[-1], like)
-    return SpiderGenerator(job, variables, resolve_decoders(cfg))
+    return SpiderGenerator(job, variables, cfg)  # demo decoders are built on first use (demo_decoders.resolve)
 
 
 def _options(cfg: ml_collections.ConfigDict, fv) -> Any:
