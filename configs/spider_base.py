@@ -124,7 +124,8 @@ def spider_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(questions=200, max_new_tokens=256, seed=10_000, batch_size=8))
     # Generation (python -m spider_jax.generate): decoding, the decoders S conditions, grounding, input encoder.
     c.generate = ml_collections.ConfigDict(
-        dict(max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0, seed=0, batch_size=4)
+        # mesh_decode: split the LLM over ``mesh`` for decoding (models that do not fit one chip)
+        dict(max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0, seed=0, batch_size=4, mesh_decode=False)
     )
     c.decoders = ml_collections.ConfigDict(
         dict(

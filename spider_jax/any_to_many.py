@@ -19,6 +19,7 @@ recorded on that group (``GroupOutput.error``) and the others are still produced
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -32,8 +33,9 @@ import numpy as np
 
 from spider_jax import imagebind_data as ibd
 from spider_jax import input_pipeline as ip
+from spider_jax import sharding
 from spider_jax import template as tpl
-from spider_jax.generate import SamplingConfig, decode, left_pad
+from spider_jax.generate import SamplingConfig, decode, left_pad, variable_shardings
 from spider_jax.models.controller import DecodersController
 from spider_jax.models.spider import input_embeddings, llm_variables
 
@@ -192,6 +194,12 @@ class SpiderGenerator:
         self.job, self.cfg, self.variables = job, cfg, variables
         self.template = job.pipeline.template
         self.llm_vars = llm_variables(job.spider, variables)
+        self.mesh = None
+        if cfg.get("generate") and cfg.generate.get("mesh_decode") and jax.device_count() > 1:
+            # The LLM split over cfg.mesh like training (a 7B base on chips that cannot hold it alone).
+            self.mesh = sharding.create_mesh(dict(cfg.mesh))
+            shardings = variable_shardings(job.spider.llm, self.mesh)
+            self.llm_vars = sharding.place(self.llm_vars, {k: shardings[k] for k in self.llm_vars})
         self.embedder = InputEmbedder(job, cfg)
         self._embed = jax.jit(lambda v, b: input_embeddings(job.spider, v, b))
         self._decoders: dict[str, Any] = {}
@@ -200,6 +208,8 @@ class SpiderGenerator:
         ids = job.template_ids.mprompt_to_modality
         self.mprompt_ids = np.asarray(sorted(ids), np.int32)
         self.id_to_token = {i: self.job.tokenizer.decode([i]).strip() for i in ids}
+        rows = np.asarray(self.llm_vars["params"]["model"]["embed_tokens"][jnp.asarray(self.mprompt_ids)], np.float32)
+        self.mprompt_rows = dict(zip(self.mprompt_ids.tolist(), rows, strict=True))  # M_e adds the token's embedding
         self.end_id = job.tokenizer.single_token_id(self.template.end_token)
 
     # ---- step 1-3: text
@@ -246,6 +256,22 @@ class SpiderGenerator:
             forced[row, : len(p)] = p
         return forced
 
+    def _decode(self, batch: Mapping[str, np.ndarray], prompt_embeds: Any, requests, options: GenerationOptions):
+        arrays = dict(
+            ids=batch["input_ids"], mask=batch["attention_mask"], embeds=prompt_embeds,
+            rng=jax.random.PRNGKey(options.seed), stop=np.asarray([self.end_id], np.int32),
+            forced=self._forced(requests, options.max_new_tokens), capture=self.mprompt_ids,
+        )  # fmt: skip
+        if self.mesh is not None:  # every input next to the split variables (replicated: prompts are small)
+            everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            arrays = {k: v if v is None else jax.device_put(v, everywhere) for k, v in arrays.items()}
+        return decode(
+            self.job.spider.llm, self.llm_vars, arrays["ids"], arrays["mask"], options.max_new_tokens,
+            sampling=options.sampling, rng=arrays["rng"], stop_ids=arrays["stop"], pad_id=self.job.tokenizer.pad_id,
+            prompt_embeds=arrays["embeds"], forced_ids=arrays["forced"], capture_ids=arrays["capture"],
+            capture_layer=self.job.spider.mprompt_layer, max_captures=int(self.cfg.data.max_groups),
+        )  # fmt: skip
+
     def answer(self, requests: Sequence[Request], options: GenerationOptions) -> list[Decoded]:
         """Decodes a batch of requests (validated first); one :class:`Decoded` per request."""
         requests = [check_request(r) for r in requests]
@@ -258,17 +284,12 @@ class SpiderGenerator:
                 f"{limit} positions; shorten the prompt or lower max_new_tokens"
             )
         prompt_embeds = self._embed(self.variables, batch)
-        out = decode(
-            self.job.spider.llm, self.llm_vars, batch["input_ids"], batch["attention_mask"], options.max_new_tokens,
-            sampling=options.sampling, rng=jax.random.PRNGKey(options.seed), stop_ids=jnp.asarray([self.end_id]),
-            pad_id=self.job.tokenizer.pad_id, prompt_embeds=prompt_embeds,
-            forced_ids=self._forced(requests, options.max_new_tokens), capture_ids=jnp.asarray(self.mprompt_ids),
-            capture_layer=self.job.spider.mprompt_layer, max_captures=int(self.cfg.data.max_groups),
-        )  # fmt: skip
+        on_mesh = sharding.activation_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+        with on_mesh:
+            out = self._decode(batch, prompt_embeds, requests, options)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         captured, count = np.asarray(out.captured), np.asarray(out.captured_count)
         at = np.asarray(out.captured_at)
-        table = self.llm_vars["params"]["model"]["embed_tokens"]
         results = []
         for row in range(len(requests)):
             answer_ids = tokens[row, : lengths[row]].tolist()
@@ -277,7 +298,7 @@ class SpiderGenerator:
                 token_id = answer_ids[at[row, k]]
                 state = captured[row, k]
                 if self.job.spider.add_input_embedding:
-                    state = state + np.asarray(table[token_id], np.float32)
+                    state = state + self.mprompt_rows[token_id]
                 states.append((self.id_to_token[token_id], state))
             stopped = bool(answer_ids) and answer_ids[-1] == self.end_id
             text = self.job.tokenizer.decode(answer_ids)

@@ -225,6 +225,16 @@ def decode(
     return DecodeOutput(c["out"], c["lengths"], c["captured"], c["captured_at"], c["count"])
 
 
+def variable_shardings(config: LlamaConfig, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """NamedShardings of the LLM's variables (``params`` and, with LoRA, ``lora``) on ``mesh`` by the one logical
+    rules table (``sharding.LOGICAL_RULES``): put the variables there with ``sharding.place`` and call
+    :func:`decode` inside ``sharding.activation_mesh(mesh)`` to decode with a model too big for one device."""
+    from spider_jax import sharding
+
+    boxed = jax.eval_shape(lambda: LlamaForCausalLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))
+    return sharding.shardings_for(boxed, mesh)
+
+
 def greedy_generate(
     config: LlamaConfig,
     variables: dict[str, Any],

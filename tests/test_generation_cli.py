@@ -127,7 +127,7 @@ def test_generation_conditioning_equals_the_training_forward_pass(run_dir):
     from ml_collections import config_flags as cf
 
     from spider_jax import generation_cli
-    from spider_jax.any_to_many import GenerationOptions, Request
+    from spider_jax.any_to_many import GenerationOptions, Request, SpiderGenerator
     from spider_jax.models.spider import spider_forward
 
     run, base = run_dir
@@ -139,6 +139,18 @@ def test_generation_conditioning_equals_the_training_forward_pass(run_dir):
     request = Request("Show me", answer_prefix=ANSWER)
     (decoded,) = generator.answer([request], GenerationOptions(max_new_tokens=200))
     assert decoded.stopped
+    # the same answer and states with the LLM split over the config's (2, 2, 2) mesh of the 8 simulated devices
+    meshed = SpiderGenerator(generator.job, generator.variables, fv.config.copy_and_resolve_references())
+    assert meshed.mesh is None
+    cfg = fv.config.copy_and_resolve_references()
+    cfg.generate.mesh_decode = True
+    meshed = SpiderGenerator(generator.job, generator.variables, cfg)
+    assert meshed.mesh is not None
+    (on_mesh,) = meshed.answer([request], GenerationOptions(max_new_tokens=200))
+    assert on_mesh.token_ids == decoded.token_ids
+    for (name_a, a), (name_b, b) in zip(on_mesh.states, decoded.states, strict=True):
+        assert name_a == name_b
+        np.testing.assert_allclose(a, b, atol=1e-4)
     m_states = generator._group_states(tpl.parse_answer(decoded.text), decoded.states)
     job = generator.job
     q_ids, a_ids = job.tokenizer.encode(decoded.question, add_bos=True), decoded.token_ids
