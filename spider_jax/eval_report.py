@@ -448,22 +448,15 @@ def write_results(result: dict[str, Any], task_dir: str) -> dict[str, Any]:
 
 def _flags(argv: Sequence[str]):
     from absl import flags
-    from ml_collections import config_flags
 
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config the checkpoint was trained with.",
-                                    flag_values=fv, sys_argv=list(argv))  # fmt: skip
+    from spider_jax.generation_cli import model_flags
+
+    fv = model_flags(argv)
     flags.DEFINE_string("task", None, "Task name (see --task list).", flag_values=fv)
     flags.DEFINE_string("data_dir", "", "Dataset folder in the task's official layout.", flag_values=fv)
-    flags.DEFINE_string("checkpoint", "", "Run output_dir or export_trainables folder.", flag_values=fv)
     flags.DEFINE_string("out", "eval_results", "Results folder (<out>/<task>/...).", flag_values=fv)
     flags.DEFINE_integer("limit", None, "Evaluate the first N samples only.", flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "Default: config generate.batch_size.", flag_values=fv)
-    flags.DEFINE_integer("max_new_tokens", None, "Default: the task's, else the config's.", flag_values=fv)
-    flags.DEFINE_float("temperature", None, "0 = greedy. Default: config.", flag_values=fv)
-    flags.DEFINE_integer("top_k", None, "Default: config.", flag_values=fv)
-    flags.DEFINE_float("top_p", None, "Default: config.", flag_values=fv)
-    flags.DEFINE_integer("seed", None, "Default: config.", flag_values=fv)
     flags.DEFINE_string("metric_device", "cpu", "torch device of the metric networks.", flag_values=fv)
     flags.DEFINE_string("metric_weights", "", f"Metric weights folder (sets ${WEIGHTS_ENV}).", flag_values=fv)
     flags.DEFINE_enum("missing_media", "raise", ["raise", "skip"], "Samples whose media are missing.", flag_values=fv)
@@ -494,13 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --data_dir is required for {task.name} ({task.layout})", file=sys.stderr)
         return 2
     from spider_jax.any_to_many import GenerationOptions
+    from spider_jax.generation_cli import generate_settings
 
-    g = cfg.generate.to_dict()
-    g["max_new_tokens"] = task.max_new_tokens or g.get("max_new_tokens", 512)
-    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"):
-        if fv[name].value is not None:
-            g[name] = fv[name].value
-    checkpoint = fv["checkpoint"].value
+    g = generate_settings(cfg, fv, max_new_tokens=task.max_new_tokens or cfg.generate.get("max_new_tokens", 512))
+    checkpoint = fv["checkpoint"].value or ""
 
     def load():
         if not checkpoint:

@@ -32,9 +32,13 @@ import ml_collections
 from spider_jax import template as tpl
 
 
-def _flags(argv: Sequence[str]):
-    """A private flag set (tests and notebooks call :func:`main` many times); ``--config.x`` overrides are defined
-    from ``argv`` itself, as config_flags needs."""
+def model_flags(argv: Sequence[str]):
+    """The flags of every entry point that loads a checkpoint and decodes (this CLI, ``eval.py --task``): ``--config``
+    (+ ``--config.x`` overrides), ``--checkpoint`` and the decoding settings (default: ``cfg.generate``).
+
+    A private flag set, so tests and notebooks can call the entry points many times; config_flags defines the
+    override flags from ``argv`` itself.
+    """
     from absl import flags
     from ml_collections import config_flags
 
@@ -42,6 +46,27 @@ def _flags(argv: Sequence[str]):
     config_flags.DEFINE_config_file("config", "configs/tiny.py", "Spider config the checkpoint was trained with.",
                                     flag_values=fv, sys_argv=list(argv))  # fmt: skip
     flags.DEFINE_string("checkpoint", None, "Run output_dir, or an export_trainables folder.", flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", None, "Default: config generate.max_new_tokens.", flag_values=fv)
+    flags.DEFINE_float("temperature", None, "0 = greedy. Default: config.", flag_values=fv)
+    flags.DEFINE_integer("top_k", None, "Default: config.", flag_values=fv)
+    flags.DEFINE_float("top_p", None, "Default: config.", flag_values=fv)
+    flags.DEFINE_integer("seed", None, "Sampling and decoder noise seed. Default: config.", flag_values=fv)
+    return fv
+
+
+def generate_settings(cfg: ml_collections.ConfigDict, fv, **defaults: Any) -> dict[str, Any]:
+    """``cfg.generate`` with ``defaults`` (e.g. a task's answer length) and then the command line's flags on top."""
+    g = {**cfg.generate.to_dict(), **defaults}
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"):
+        if fv[name].value is not None:
+            g[name] = fv[name].value
+    return g
+
+
+def _flags(argv: Sequence[str]):
+    from absl import flags
+
+    fv = model_flags(argv)
     flags.DEFINE_string("prompt", "", "The user's instruction.", flag_values=fv)
     flags.DEFINE_multi_string("image", [], "Input image file(s).", flag_values=fv)
     flags.DEFINE_multi_string("audio", [], "Input audio file(s).", flag_values=fv)
@@ -49,11 +74,6 @@ def _flags(argv: Sequence[str]):
     flags.DEFINE_enum("task", tpl.SMART, list(tpl.TASK_PROMPTS), "TaskPrompt of the question.", flag_values=fv)
     flags.DEFINE_string("answer_prefix", "", "Force the answer to start with this text.", flag_values=fv)
     flags.DEFINE_string("out", "generated", "Output folder.", flag_values=fv)
-    flags.DEFINE_integer("max_new_tokens", None, "Default: config generate.max_new_tokens.", flag_values=fv)
-    flags.DEFINE_float("temperature", None, "0 = greedy. Default: config.", flag_values=fv)
-    flags.DEFINE_integer("top_k", None, "Default: config.", flag_values=fv)
-    flags.DEFINE_float("top_p", None, "Default: config.", flag_values=fv)
-    flags.DEFINE_integer("seed", None, "Sampling and decoder noise seed. Default: config.", flag_values=fv)
     flags.DEFINE_string("pseudo_dataset", "", "TMM dataset name: write a pseudo X-to-Xs dataset.", flag_values=fv)
     flags.DEFINE_integer("num_samples", 16, "Pseudo dataset size.", flag_values=fv)
     return fv
@@ -86,11 +106,7 @@ def load_generator(cfg: ml_collections.ConfigDict, checkpoint: str):
 def _options(cfg: ml_collections.ConfigDict, fv) -> Any:
     from spider_jax.any_to_many import GenerationOptions
 
-    g = cfg.generate.to_dict()
-    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"):
-        if fv[name].value is not None:
-            g[name] = fv[name].value
-    return GenerationOptions.from_config(g)
+    return GenerationOptions.from_config(generate_settings(cfg, fv))
 
 
 def write_pseudo_dataset(generator, name: str, num_samples: int, out: str, options, batch_size: int = 4) -> str:
